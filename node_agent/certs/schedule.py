@@ -1,0 +1,49 @@
+"""When to renew and when to retry: pure functions of times and a random source, no clock.
+
+Before: the certificate manager holds a certificate's validity or counts failed attempts. After:
+how many seconds to sleep. Renewal happens at half of the certificate's life, shifted by a random
+± `jitter` fraction of the life so that many identities issued together do not all renew at the
+same instant. Retries back off exponentially with "equal jitter" (half fixed, half random), capped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Rand = Callable[[], float]  # uniform in [0, 1)
+
+
+def renewal_time(*, not_before: float, not_after: float, fraction: float = 0.5,
+                 jitter: float = 0.05, rand: Rand) -> float:
+    """The instant to renew: not_before + life × (fraction ± jitter)."""
+    if not 0 <= jitter < fraction < 1:
+        raise ValueError("need 0 <= jitter < fraction < 1")
+    life = max(0.0, not_after - not_before)
+    return not_before + life * (fraction + jitter * (2 * rand() - 1))
+
+
+def renewal_delay(*, now: float, not_before: float, not_after: float, fraction: float = 0.5,
+                  jitter: float = 0.05, rand: Rand) -> float:
+    at = renewal_time(not_before=not_before, not_after=not_after, fraction=fraction,
+                      jitter=jitter, rand=rand)
+    return max(0.0, at - now)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int, *, rand: Rand) -> float:
+        """Delay after the `attempt`-th consecutive failure (1-based)."""
+        if attempt < 1:
+            raise ValueError("attempt counts from 1")
+        base = min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))
+        return base / 2 + rand() * base / 2
+
+
+def is_usable(*, now: float, not_after: float) -> bool:
+    """A certificate is presented only strictly before its notAfter (fail closed)."""
+    return now < not_after
