@@ -56,7 +56,9 @@ fi
 stamp=.venv/.lacewing-installed
 if [ ! -e $stamp ] || [ pyproject.toml -nt $stamp ]; then
     say "installing the project and its extras into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test,perf,dev]'
+    if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test,perf,dev]' > .venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2; echo "setup: pip install failed (log above)" >&2; exit 1
+    fi
     touch $stamp
 fi
 
