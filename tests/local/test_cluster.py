@@ -1,0 +1,264 @@
+"""End to end: real namespaces, veths, nftables and processes (root).
+
+Every cluster here comes from the `make_cluster` fixture, which removes it even when a test
+fails; names are unique per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from control.config.errors import ConfigError
+from lacewing.local import netns
+from lacewing.local.cluster import LocalCluster
+from lacewing.local.names import NETNS_ETC
+from tests.conftest import unique_cluster_name
+
+WEB = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, labels: {app: web}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, version: v1}}
+    spec:
+      containers:
+      - name: web
+        command: [python3, -c, "import http.server,os; http.server.HTTPServer.allow_reuse_address=True; h=type('H',(http.server.BaseHTTPRequestHandler,),{'do_GET': lambda s: (s.send_response(200), s.send_header('Content-Length','%d' % len(os.environ['POD_NAME'])), s.end_headers(), s.wfile.write(os.environ['POD_NAME'].encode())), 'log_message': lambda *a: None}); http.server.HTTPServer(('', 8080), h).serve_forever()"]
+        ports: [{containerPort: 8080, name: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node0
+  containers:
+  - {name: c, command: [sleep, infinity]}
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _curl(cluster: LocalCluster, pod: str, url: str) -> str:
+    out = cluster.exec(pod, ["curl", "-sS", "-m", "5", url], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _leftovers(name: str) -> list[str]:
+    found = [ns for ns in netns.list_netns() if ns.startswith(f"lw-{name}-")]
+    found += [str(p) for p in NETNS_ETC.glob(f"lw-{name}-*")] if NETNS_ETC.is_dir() else []
+    for path in (Path(f"/run/lacewing/lw-{name}"), Path(f"/sys/fs/bpf/lw-{name}")):
+        if path.exists():
+            found.append(str(path))
+    out = subprocess.run(["pgrep", "-f", f"--cluster {name}"], capture_output=True, text=True)
+    found += [f"pid {p}" for p in out.stdout.split()]
+    return found
+
+
+def test_service_reaches_pods_on_both_nodes(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2)
+    cluster.apply([_write(tmp_path, "web.yaml", WEB)])
+    pods = cluster.wait_ready()
+    web = [p for p in pods if p["labels"].get("app") == "web"]
+    assert sorted(p["node"] for p in web) == ["node0", "node1"]
+    assert all(p["ip"].startswith("10.244.") for p in pods)
+    svc = cluster.status()["services"][0]
+    assert svc["clusterIP"] == "10.96.0.10" and len(svc["endpoints"]) == 2
+    seen = {_curl(cluster, "client", "http://web.default.svc.cluster.local/") for _ in range(40)}
+    assert seen == {p["name"] for p in web}
+    # A pod that calls its own Service and lands on itself still gets an answer (hairpin).
+    me = web[0]["name"]
+    answers = {_curl(cluster, me, "http://web/") for _ in range(20)}
+    assert me in answers
+
+
+def test_two_clusters_coexist(make_cluster, tmp_path):
+    a = make_cluster(nodes=1)
+    b = make_cluster(nodes=2)
+    path = _write(tmp_path, "web.yaml", WEB)
+    a.apply([path])
+    b.apply([path])
+    a.wait_ready()
+    b.wait_ready()
+    # Same addresses inside, different namespaces outside: each reaches only its own pods.
+    pods_a = {p["name"] for p in a.status()["pods"]}
+    assert _curl(a, "client", "http://web/") in pods_a
+    assert _curl(b, "client", "http://web/") in {p["name"] for p in b.status()["pods"]}
+    a.down()
+    assert b.status()["phase"] == "Ready"
+    assert _curl(b, "client", "http://web/")
+
+
+def test_down_leaves_nothing_behind(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2)
+    cluster.apply([_write(tmp_path, "web.yaml", WEB)])
+    cluster.wait_ready()
+    pids = [c["pid"] for p in cluster.status()["pods"] for c in p["containers"]]
+    assert _leftovers(cluster.name)
+    cluster.down()
+    assert _leftovers(cluster.name) == []
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not cluster.store.exists()
+
+
+def test_killed_up_is_recovered_by_the_next_up(root_required):
+    name = unique_cluster_name()
+    cmd = [sys.executable, "-m", "lacewing.cli", "local", "up", "--name", name, "--nodes", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cluster = LocalCluster(name)
+    try:
+        # Kill `up` once it has made part of the network.
+        deadline = time.monotonic() + 30
+        while not netns.netns_exists(f"lw-{name}-node0") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait()
+        assert not cluster.is_up()
+        assert cluster.up(nodes=2) is True
+        status = cluster.status()
+        assert status["phase"] == "Ready" and [n["name"] for n in status["nodes"]] == ["node0", "node1"]
+        assert not netns.netns_exists(f"lw-{name}-node2")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cluster.down()
+    assert _leftovers(name) == []
+
+
+def test_up_of_a_cluster_that_is_up_changes_nothing(make_cluster):
+    cluster = make_cluster(nodes=1)
+    pid = cluster.supervisor_pid()
+    out = subprocess.run([sys.executable, "-m", "lacewing.cli", "local", "up", "--name",
+                          cluster.name], capture_output=True, text=True)
+    assert out.returncode == 0 and "already up" in out.stdout
+    assert cluster.supervisor_pid() == pid
+
+
+def test_bad_input_is_refused_and_nothing_is_half_made(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=1)
+    bad = WEB + """---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: nocmd}
+spec:
+  selector: {matchLabels: {app: x}}
+  template:
+    metadata: {labels: {app: x}}
+    spec:
+      containers: [{name: x, image: busybox}]
+"""
+    path = _write(tmp_path, "bad.yaml", bad)
+    with pytest.raises(ConfigError) as exc:
+        cluster.apply([path])
+    errors = [p for p in exc.value.problems if p.kind == "invalid"]
+    assert [(p.file, p.index, p.path) for p in errors] == [
+        (str(path), 3, "spec.template.spec.containers[0].command")]
+    assert cluster.status()["pods"] == [] and cluster.store.objects() == {}
+
+    malformed = _write(tmp_path, "malformed.yaml", "kind: Service\nmetadata: {name: [\n")
+    out = subprocess.run([sys.executable, "-m", "lacewing.cli", "local", "apply", "--name",
+                          cluster.name, "-f", str(malformed)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert f"{malformed}: document 0: malformed YAML at line" in out.stderr
+    assert "nothing was applied" in out.stderr
+
+    unknown = _write(tmp_path, "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+    out = subprocess.run([sys.executable, "-m", "lacewing.cli", "local", "apply", "--name",
+                          cluster.name, "-f", str(unknown)], capture_output=True, text=True)
+    assert out.returncode == 1 and "unknown kind 'ConfigMap'" in out.stderr
+
+    lonely = _write(tmp_path, "svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+                    "spec: {selector: {app: nobody}, ports: [{port: 80}]}\n")
+    result = cluster.apply([lonely])
+    assert [w.path for w in result.warnings] == ["spec.selector"]
+    assert [s["name"] for s in cluster.status()["services"]] == ["s"]
+
+
+def test_crashing_container_is_restarted_with_backoff(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=1)
+    crash = """apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers: [{name: c, command: [sh, -c, "echo started; exit 3"]}]
+"""
+    cluster.apply([_write(tmp_path, "crash.yaml", crash)])
+    deadline = time.monotonic() + 30
+    pod = cluster.pod("crasher")
+    while pod["restarts"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pod = cluster.pod("crasher")
+    assert pod["restarts"] >= 2
+    assert pod["containers"][0]["lastExitCode"] == 3
+    assert Path(pod["containers"][0]["log"]).read_text().count("started") >= 2
+
+
+def test_labels_delete_and_status_json(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2)
+    path = _write(tmp_path, "web.yaml", WEB)
+    cluster.apply([path])
+    cluster.wait_ready()
+    cluster.label("namespace", "default", {"lacewing.dev/dataplane-mode": "ambient"})
+    ns = cluster.store.objects()["Namespace.core_-_default"]
+    assert ns["metadata"]["labels"] == {"lacewing.dev/dataplane-mode": "ambient"}
+    cluster.label("pod", "default/client", {"team": "a"})
+    assert cluster.pod("client")["labels"] == {"team": "a"}
+    cluster.label("pod", "client", {"team": None})
+    assert cluster.pod("client")["labels"] == {}
+
+    out = subprocess.run([sys.executable, "-m", "lacewing.cli", "local", "status", "--name",
+                          cluster.name, "-o", "json"], capture_output=True, text=True, check=True)
+    status = json.loads(out.stdout)
+    assert status["kind"] == "LocalClusterStatus"
+    assert {c["kind"] for c in status["components"]} == {"supervisor"}
+    assert all(c["healthy"] for c in status["components"])
+    pod = status["pods"][0]
+    assert set(pod) >= {"namespace", "name", "node", "ip", "phase", "ready", "restarts", "netns"}
+
+    netns_names = [p["netns"] for p in status["pods"]]
+    cluster.delete([path])
+    assert cluster.status()["pods"] == []
+    assert not any(netns.netns_exists(n) for n in netns_names)
+
+
+def test_exec_runs_inside_the_pod(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=1)
+    cluster.apply([_write(tmp_path, "web.yaml", WEB)])
+    cluster.wait_ready()
+    ip = cluster.pod("client")["ip"]
+    out = subprocess.run([sys.executable, "-m", "lacewing.cli", "local", "exec", "--name",
+                          cluster.name, "client", "--", "ip", "-4", "-o", "addr", "show", "eth0"],
+                         capture_output=True, text=True, env={**os.environ, "HTTP_PROXY": "x"})
+    assert out.returncode == 0 and f"inet {ip}/32" in out.stdout
+
+
+def test_supervisor_death_is_reported(make_cluster):
+    cluster = make_cluster(nodes=1)
+    os.kill(cluster.supervisor_pid(), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while cluster.status()["phase"] != "Degraded" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cluster.status()["phase"] == "Degraded"
+    assert not cluster.is_up()
