@@ -249,6 +249,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.draining = False
         self.aborting = threading.Event()
         self.requests_served = 0
+        self.connections_accepted = 0
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -265,6 +266,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def track(self, handler: _Handler) -> None:
         with self._state:
             self._handlers.add(handler)
+            self.connections_accepted += 1
 
     def untrack(self, handler: _Handler) -> None:
         with self._state:
@@ -402,7 +404,13 @@ class SampleServer:
 
     @property
     def requests_served(self) -> int:
+        """Requests read so far (answered, refused or dropped)."""
         return self._httpd.requests_served
+
+    @property
+    def connections_accepted(self) -> int:
+        """Connections accepted since the start."""
+        return self._httpd.connections_accepted
 
     def log(self, line: str) -> None:
         self._httpd.log(line)

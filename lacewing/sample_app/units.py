@@ -41,14 +41,14 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest readable form of `seconds` that `parse_duration` reads back (`200ms`, `1.5s`)."""
-    if seconds == 0:
-        return "0"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:g}us"
-    if seconds < 1:
-        return f"{seconds * 1e3:g}ms"
-    return f"{seconds:g}s"
+    """A readable form of `seconds` that `parse_duration` reads back (`200ms`, `1.5s`, `0`)."""
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {seconds}")
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale:
+            number = f"{seconds / scale:.6f}".rstrip("0").rstrip(".")
+            return f"{number}{unit}"
+    return "0"
 
 
 def parse_fraction(text: str) -> float:
