@@ -86,8 +86,12 @@ class CaServer:
     """A grpc.aio server with the CertificateService on mTLS. Use `await start()`/`stop()`."""
 
     def __init__(self, *, ca: CertificateAuthority, workloads: NodeWorkloads,
-                 registry: CollectorRegistry, address: str = f"[::]:{DEFAULT_PORT}") -> None:
-        self.metrics = CaMetrics(registry)
+                 registry: CollectorRegistry | None = None, metrics: CaMetrics | None = None,
+                 address: str = f"[::]:{DEFAULT_PORT}") -> None:
+        """Pass `registry` (metrics are made in it) or `metrics` (kept across restarts)."""
+        if metrics is None:
+            metrics = CaMetrics(registry if registry is not None else CollectorRegistry())
+        self.metrics = metrics
         self.service = CertificateService(ca=ca, workloads=workloads, metrics=self.metrics)
         self.identity = ServingIdentity(ca)
         self.server = grpc.aio.server()

@@ -58,13 +58,17 @@ class GrpcCaClient:
     """`CaClient` over `lacewing.ca.v1.CertificateService` with mTLS."""
 
     def __init__(self, target: str, *, cert_chain_pem: bytes, key_pem: bytes, roots_pem: bytes,
-                 server_name: str = CONTROL_DNS_NAMES[0], timeout: float = 5.0) -> None:
+                 server_name: str = CONTROL_DNS_NAMES[0], timeout: float = 5.0,
+                 reconnect_backoff_max: float = 10.0) -> None:
         self._target = target
         self._cert_chain = cert_chain_pem
         self._key = key_pem
         self._roots = roots_pem
         self._server_name = server_name
         self._timeout = timeout
+        # The manager has its own retry schedule; keep gRPC's reconnect backoff short so that a
+        # CA that comes back is used soon after (gRPC's default grows to two minutes).
+        self._reconnect_ms = int(reconnect_backoff_max * 1000)
         self._channel: grpc.aio.Channel | None = None
         self._stub: ca_pb2_grpc.CertificateServiceStub | None = None
 
@@ -85,7 +89,10 @@ class GrpcCaClient:
             self._channel = grpc.aio.secure_channel(
                 self._target, creds,
                 options=[("grpc.ssl_target_name_override", self._server_name),
-                         ("grpc.default_authority", self._server_name)],
+                         ("grpc.default_authority", self._server_name),
+                         ("grpc.initial_reconnect_backoff_ms", min(1000, self._reconnect_ms)),
+                         ("grpc.min_reconnect_backoff_ms", min(1000, self._reconnect_ms)),
+                         ("grpc.max_reconnect_backoff_ms", self._reconnect_ms)],
             )
             self._stub = ca_pb2_grpc.CertificateServiceStub(self._channel)
         return self._stub

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -88,6 +88,7 @@ class CertificateManager:
         self._clock = clock
         self._rand = rand
         self._entries: dict[WorkloadId, _Entry] = {}
+        self._bundle = b""
         self._metrics = CertMetrics(registry or CollectorRegistry(), self._expiry_seconds)
 
     # ------------------------------------------------------------------ public API
@@ -106,6 +107,9 @@ class CertificateManager:
             # The last attempt failed and nothing valid is left: refuse now (fail closed) rather
             # than hold the connection; the backoff loop keeps trying in the background.
             raise CertificateUnavailable(f"no valid certificate for {ident}: {entry.last_error}")
+        if entry.next_attempt_at is not None:
+            # Idle, yet the certificate is gone (the clock jumped, e.g. after a suspend): fetch now.
+            self._restart(entry)
         seen = entry.outcomes
         try:
             async with entry.changed:
@@ -185,7 +189,16 @@ class CertificateManager:
                         entry.identity, _iso(cert.not_after))
             entry.current = None
             return None
+        if self._bundle and cert.trust_bundle_pem != self._bundle:
+            # The newest bundle any answer carried wins (a root rotation reaches every identity
+            # on the node with the first renewal of any of them).
+            cert = replace(cert, trust_bundle_pem=self._bundle)
         return cert
+
+    @property
+    def trust_bundle_pem(self) -> bytes:
+        """The newest trust bundle the CA sent this node (empty before the first answer)."""
+        return self._bundle
 
     def _expiry_seconds(self) -> list[tuple[str, float]]:
         now = self._clock()
@@ -211,6 +224,10 @@ class CertificateManager:
                 self._failed(entry, "error", f"{type(exc).__name__}: {exc}")
             else:
                 entry.current, entry.failures, entry.last_error = cert, 0, None
+                if cert.trust_bundle_pem and cert.trust_bundle_pem != self._bundle:
+                    self._bundle = cert.trust_bundle_pem
+                    log.info("trust bundle now holds %d root(s)",
+                             self._bundle.count(b"-----BEGIN CERTIFICATE-----"))
                 self._metrics.requests.labels(result="issued").inc()
                 log.info("certificate for %s, serial %x, valid until %s", entry.identity,
                          cert.serial, _iso(cert.not_after))

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from control.ca import certificates as c
 from control.ca.authority import CertificateAuthority
 from control.ca.grpc_server import CaServer
+from control.ca.metrics import CaMetrics
 from control.ca.node_credentials import issue_node_credential
 from control.ca.node_workloads import InMemoryNodeWorkloads
 from node_agent.certs.ca_client import GrpcCaClient
@@ -100,12 +101,13 @@ class Cluster:
         self.ca = ca or CertificateAuthority.load_or_generate(tmp / "ca")
         self.workloads = InMemoryNodeWorkloads(placements or {})
         self.registry = CollectorRegistry()
+        self.metrics = CaMetrics(self.registry)
         self.server: CaServer | None = None
         self.port = 0
         self._clients: list[GrpcCaClient] = []
 
     async def start(self) -> None:
-        self.server = CaServer(ca=self.ca, workloads=self.workloads, registry=self.registry,
+        self.server = CaServer(ca=self.ca, workloads=self.workloads, metrics=self.metrics,
                                address=f"127.0.0.1:{self.port}")
         self.port = self.server.port
         await self.server.start()
