@@ -76,12 +76,18 @@ def is_ca_cert(cert: x509.Certificate) -> bool:
 
 def build_root(*, key: PrivateKey, trust_domain: str, not_before: float, not_after: float,
                common_name: str = "Lacewing root CA") -> x509.Certificate:
-    """A self-signed root for a trust domain (URI SAN `spiffe://<td>` as SPIFFE allows)."""
+    """A self-signed root for a trust domain (URI SAN `spiffe://<td>` as SPIFFE allows).
+
+    Its name carries a short key fingerprint so that an old and a new root, side by side in a
+    bundle during a rotation, never share a subject.
+    """
+    public = key.public_key()
+    tag = x509.SubjectKeyIdentifier.from_public_key(public).digest[:4].hex()
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Lacewing"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} ({trust_domain})"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, trust_domain),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} {tag}"),
     ])
-    public = key.public_key()
     return (
         x509.CertificateBuilder()
         .subject_name(name)
