@@ -1,0 +1,53 @@
+"""Byte layouts of the maps' keys and values, mirroring lw_defs.h.
+
+Before: lw_defs.h defines the structs the kernel programs use. After: the agent packs and
+unpacks map elements with these formats and numpy dtypes; `tests/bpf` checks the sizes
+against the kernel's own map info, so a change on one side without the other fails loudly.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import numpy as np
+
+POD = struct.Struct("=IIII")               # pod_id, ifindex, flags, pad   (key: be32 ip)
+EXCL_KEY = struct.Struct("=IHBB")          # pod_id, port (host order), dir, pad
+CAPT_KEY = struct.Struct("=4s4sHH")        # saddr, daddr, sport, dport (network order)
+FLOW = struct.Struct("=4s4sHHIIIQQQQII")
+CFG = struct.Struct("=QII")                # netns_cookie, enabled, pad
+U32 = struct.Struct("=I")
+U64 = struct.Struct("=Q")
+
+DIR_OUT = 1
+DIR_IN = 2
+
+KIND_OUTBOUND = 1
+KIND_INBOUND = 2
+KIND_TUNNEL = 3
+KIND_NAMES = {KIND_OUTBOUND: "outbound", KIND_INBOUND: "inbound", KIND_TUNNEL: "tunnel"}
+
+FLOW_FIN_IN = 1
+FLOW_FIN_OUT = 2
+
+STATS = ("captured_outbound", "captured_inbound", "captured_tunnel", "assigned_established",
+         "dropped_no_listener", "assign_failed", "excluded", "flows_opened", "flows_table_full",
+         "flows_closed")
+
+FLOW_DTYPE = np.dtype([
+    ("saddr", "<u4"), ("daddr", "<u4"), ("sport", "<u2"), ("dport", "<u2"), ("kind", "<u4"),
+    ("src_pod", "<u4"), ("dst_pod", "<u4"), ("rx", "<u8"), ("tx", "<u8"), ("opened_ns", "<u8"),
+    ("closed_ns", "<u8"), ("state", "<u4"), ("flags", "<u4"),
+])
+assert FLOW_DTYPE.itemsize == FLOW.size == 64
+
+
+def ip_key(ip: str) -> bytes:
+    """A pod map key: the IPv4 address in network order."""
+    return socket.inet_aton(ip)
+
+
+def ip_from_u32(value: int) -> str:
+    """An address read as a native u32 from a network-order field."""
+    return socket.inet_ntoa(struct.pack("=I", int(value)))

@@ -1,0 +1,156 @@
+/* Lacewing datapath: steering a TCP packet to the node tunnel's socket.
+ *
+ * Before: a tc ingress program on a host-side veth or the uplink of a node, in the node's
+ * network namespace. After: the packet either goes on untouched (TC_ACT_OK, no mark), or
+ * carries skb->sk = a tunnel socket and skb->mark = LW_MARK, so the fwmark rule the loader
+ * installs routes it to `local 0.0.0.0/0 dev lo` and TCP delivers it to that socket — whose
+ * local address is the packet's original destination (no NAT). Same technique as Cilium's
+ * bpf/lib/proxy.h.
+ */
+#ifndef LW_CAPTURE_H
+#define LW_CAPTURE_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "lw_maps.h"
+
+struct lw_pkt {
+    struct bpf_sock_tuple tuple;    /* ipv4 part: saddr, daddr, sport, dport, network order */
+    __u8 syn;                       /* a connection's first packet: SYN without ACK */
+};
+
+/* Parse Ethernet/IPv4/TCP. Returns 0 for a TCP segment we may steer, -1 otherwise. */
+static __always_inline int lw_parse(struct __sk_buff *skb, struct lw_pkt *p)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return -1;
+    if (eth->h_proto != bpf_htons(ETH_P_IP))
+        return -1;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end)
+        return -1;
+    if (ip->protocol != IPPROTO_TCP || ip->ihl < 5)
+        return -1;
+    if (ip->frag_off & bpf_htons(0x3fff))   /* MF or offset: not a whole segment head */
+        return -1;
+    struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
+    if ((void *)(tcp + 1) > end)
+        return -1;
+    p->tuple.ipv4.saddr = ip->saddr;
+    p->tuple.ipv4.daddr = ip->daddr;
+    p->tuple.ipv4.sport = tcp->source;
+    p->tuple.ipv4.dport = tcp->dest;
+    p->syn = tcp->syn && !tcp->ack;
+    return 0;
+}
+
+/* Give the packet to the socket that already owns its flow (a tunnel socket, or any socket of
+ * the node's own). Listeners and TIME_WAIT do not count. 1 = assigned, 0 = no such socket. */
+static __always_inline int lw_assign_established(struct __sk_buff *skb, struct lw_pkt *p)
+{
+    struct bpf_sock_tuple t = p->tuple;
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return 0;
+    if (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT) {
+        bpf_sk_release(sk);
+        return 0;
+    }
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        lw_count(LW_ST_ASSIGN_FAIL);
+        return 0;
+    }
+    skb->mark = LW_MARK;
+    lw_count(LW_ST_ESTABLISHED);
+    return 1;
+}
+
+/* Give a SYN to the tunnel's transparent listener on `port`, and leave a note for sockops
+ * saying which capture the connection came from. Returns a tc verdict: with no listener the
+ * SYN is dropped (fail closed, never sent around the mesh) unless fail_open. */
+static __always_inline int lw_capture_syn(struct __sk_buff *skb, struct lw_pkt *p, __u16 port,
+                                          __u32 kind, __u32 src_pod, __u32 dst_pod,
+                                          int fail_open)
+{
+    struct bpf_sock_tuple t = p->tuple;
+    t.ipv4.dport = bpf_htons(port);
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    if (sk && sk->state != BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        sk = 0;
+    }
+    if (!sk) {
+        if (fail_open)
+            return TC_ACT_OK;
+        lw_count(LW_ST_NO_LISTENER);
+        return TC_ACT_SHOT;
+    }
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err) {
+        lw_count(LW_ST_ASSIGN_FAIL);
+        return TC_ACT_SHOT;
+    }
+    skb->mark = LW_MARK;
+
+    struct lw_capt_key ck = {};
+    ck.saddr = p->tuple.ipv4.saddr;
+    ck.daddr = p->tuple.ipv4.daddr;
+    ck.sport = p->tuple.ipv4.sport;
+    ck.dport = p->tuple.ipv4.dport;
+    struct lw_capt cv = {};
+    cv.kind = kind;
+    cv.src_pod = src_pod;
+    cv.dst_pod = dst_pod;
+    lw_capt.update(&ck, &cv);
+    lw_count(kind == LW_KIND_OUTBOUND ? LW_ST_CAPT_OUT
+             : kind == LW_KIND_INBOUND ? LW_ST_CAPT_IN : LW_ST_CAPT_TUNNEL);
+    return TC_ACT_OK;
+}
+
+static __always_inline int lw_excluded(__u32 pod_id, __be16 port, __u8 dir)
+{
+    struct lw_excl_key k = {};
+    k.pod_id = pod_id;
+    k.port = bpf_ntohs(port);
+    k.dir = dir;
+    return lw_excl.lookup(&k) != 0;
+}
+
+/* Inbound: TCP to an enrolled pod that did not come through a tunnel. */
+static __always_inline int lw_steer_inbound(struct __sk_buff *skb, struct lw_pkt *p,
+                                            __u32 src_pod, int looked_up)
+{
+    __u32 daddr = p->tuple.ipv4.daddr;
+    struct lw_pod *dst = lw_pods.lookup(&daddr);
+    if (!dst)
+        return TC_ACT_OK;
+    /* flows the tunnel owns (it originated them, or already accepted them) */
+    if (!looked_up && lw_assign_established(skb, p))
+        return TC_ACT_OK;
+    if (!p->syn)
+        return TC_ACT_OK;
+    __u32 dst_id = dst->pod_id;
+    if (p->tuple.ipv4.dport == bpf_htons(LW_PORT_TUNNEL)) {
+        /* the tunnel's own traffic addressed to a pod: its listener if it has one, else as
+         * it is; never the plaintext listener */
+        return lw_capture_syn(skb, p, LW_PORT_TUNNEL, LW_KIND_TUNNEL, src_pod, dst_id, 1);
+    }
+    if (lw_excluded(dst_id, p->tuple.ipv4.dport, LW_DIR_IN)) {
+        lw_count(LW_ST_EXCLUDED);
+        return TC_ACT_OK;
+    }
+    return lw_capture_syn(skb, p, LW_PORT_INBOUND, LW_KIND_INBOUND, src_pod, dst_id, 0);
+}
+
+#endif

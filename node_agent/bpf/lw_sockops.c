@@ -1,0 +1,97 @@
+/* Lacewing: per-connection L4 counters (sockops, attached to the cgroup-v2 root).
+ *
+ * Before: a tc program captured a connection's SYN and left a note in lw_capt (tuple -> kind,
+ * pods); the tunnel's transparent listener accepted it. After: lw_flows holds one record per
+ * captured connection, keyed by the accepted socket's cookie, with the bytes the client sent
+ * (rx) and the bytes delivered to it (tx) read from the kernel's own TCP counters
+ * (tcp_sock.bytes_received / bytes_acked) — so bytes that user space never copies (spliced
+ * with sockmap) are counted too, and retransmissions are not counted twice. Counters are
+ * refreshed on every segment the socket sends (pure ACKs included) and finally when the
+ * socket reaches TCP_CLOSE, which also stamps closed_ns. The agent reads and drains the map.
+ * Sockets of other network namespaces than the node's (lw_cfg) are ignored.
+ */
+#include <uapi/linux/bpf.h>
+#include "lw_maps.h"
+
+#define LW_AF_INET 2
+
+static __always_inline void lw_flow_refresh(struct bpf_sock_ops *skops, struct lw_flow *f)
+{
+    f->rx_bytes = skops->bytes_received;
+    f->tx_bytes = skops->bytes_acked;
+}
+
+int lw_sockops(struct bpf_sock_ops *skops)
+{
+    __u32 op = skops->op;
+
+    if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        if (skops->family != LW_AF_INET)
+            return 1;
+        __u32 zero = 0;
+        struct lw_cfg *cfg = lw_cfg.lookup(&zero);
+        if (!cfg || !cfg->enabled || bpf_get_netns_cookie(skops) != cfg->netns_cookie)
+            return 1;
+        struct lw_capt_key ck = {};
+        ck.saddr = skops->remote_ip4;
+        ck.daddr = skops->local_ip4;
+        ck.sport = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+        ck.dport = bpf_htons((__u16)skops->local_port);
+        struct lw_capt *c = lw_capt.lookup(&ck);
+        if (!c)
+            return 1;   /* not a captured connection */
+        struct lw_flow f = {};
+        f.saddr = ck.saddr;
+        f.daddr = ck.daddr;
+        f.sport = bpf_ntohs(ck.sport);
+        f.dport = (__u16)skops->local_port;
+        f.kind = c->kind;
+        f.src_pod = c->src_pod;
+        f.dst_pod = c->dst_pod;
+        f.opened_ns = bpf_ktime_get_ns();
+        f.state = BPF_TCP_ESTABLISHED;
+        lw_flow_refresh(skops, &f);
+        lw_capt.delete(&ck);
+        __u64 cookie = bpf_get_socket_cookie(skops);
+        if (lw_flows.insert(&cookie, &f) != 0) {
+            lw_count(LW_ST_FLOW_FULL);
+            return 1;
+        }
+        lw_count(LW_ST_FLOW_OPEN);
+        bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG |
+                                         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+        return 1;
+    }
+
+    if (op == BPF_SOCK_OPS_HDR_OPT_LEN_CB) {
+        /* called for every segment this socket sends; only sockets we flagged get here */
+        __u64 cookie = bpf_get_socket_cookie(skops);
+        struct lw_flow *f = lw_flows.lookup(&cookie);
+        if (f && !f->closed_ns)
+            lw_flow_refresh(skops, f);
+        return 1;
+    }
+
+    if (op == BPF_SOCK_OPS_STATE_CB) {
+        __u64 cookie = bpf_get_socket_cookie(skops);
+        struct lw_flow *f = lw_flows.lookup(&cookie);
+        if (!f || f->closed_ns)
+            return 1;
+        __u32 old = skops->args[0];
+        __u32 new = skops->args[1];
+        if (new == BPF_TCP_CLOSE_WAIT || (old == BPF_TCP_FIN_WAIT2 && new == BPF_TCP_CLOSE) ||
+            new == BPF_TCP_CLOSING || new == BPF_TCP_TIME_WAIT)
+            f->flags |= LW_FLOW_FIN_IN;
+        if (new == BPF_TCP_FIN_WAIT1 || new == BPF_TCP_LAST_ACK)
+            f->flags |= LW_FLOW_FIN_OUT;
+        f->state = new;
+        lw_flow_refresh(skops, f);
+        if (new == BPF_TCP_CLOSE) {
+            f->closed_ns = bpf_ktime_get_ns();
+            lw_count(LW_ST_FLOW_CLOSE);
+            bpf_sock_ops_cb_flags_set(skops, 0);
+        }
+        return 1;
+    }
+    return 1;
+}
