@@ -17,10 +17,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import random as _random
+import select
 import socket
 import struct
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TextIO
@@ -37,6 +39,7 @@ from lacewing.sample_app.identity import Identity
 IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle before the server closes it
 MAX_BODY = 64 * 1024 * 1024  # request bodies above this are refused (413)
 SERVER_NAME = "lacewing-sample-app"
+_PEER_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class _BadRequest(Exception):
@@ -111,10 +114,12 @@ class _Handler(BaseHTTPRequestHandler):
             behaviour=self.server.behaviour,
             random=self.server.random,
         )
-        if plan.delay > 0 and self.server.aborting.wait(plan.delay):
-            self._drop("reset")
-            self.server.log_request_line(self, None, plan, note="aborted at stop")
-            return
+        if plan.delay > 0:
+            interruption = self._wait(plan.delay)
+            if interruption:
+                self._drop("reset")
+                self.server.log_request_line(self, None, plan, note=interruption)
+                return
         if plan.closes:
             self._drop(plan.close_mode)
             self.server.log_request_line(self, None, plan)
@@ -156,6 +161,19 @@ class _Handler(BaseHTTPRequestHandler):
         # Head and body in one write, so a small answer leaves in one segment.
         self.wfile.write(data if no_body else data + payload)
         self.server.log_request_line(self, plan.status, plan)
+
+    def _wait(self, delay: float) -> str | None:
+        """Sleep `delay` seconds; stop early, saying why, if the server aborts or the client
+        goes away (it closed or reset its end, as a proxy that timed out does)."""
+        deadline = time.monotonic() + delay
+        poller = select.poll()
+        poller.register(self.connection, _PEER_GONE)
+        while (left := deadline - time.monotonic()) > 0:
+            if self.server.aborting.wait(min(left, 0.05)):
+                return "aborted at stop"
+            if poller.poll(0):
+                return "client went away"
+        return None
 
     def _drop(self, mode: str) -> None:
         """Close the connection without a response: RST in `reset` mode, FIN in `fin` mode."""

@@ -176,6 +176,7 @@ def test_logs_one_line_per_request(start_server):
     server = start_server(log=log, fail_rate=1.0)
     _get(server, "/one")
     _get(server, "/two")
+    _wait_for(lambda: server.requests_served == 2, "the server to finish both requests")  # logs come last
     lines = [line for line in log.getvalue().splitlines() if '"GET' in line]
     assert len(lines) == 2
     assert '"GET /one HTTP/1.1" 503' in lines[0] and "reason=fail-rate" in lines[0]
@@ -239,3 +240,14 @@ def test_ipv6_loopback(start_server):
     with server:
         report = run_load(server.url, requests=5)
     assert report.pods == {"v6": 5}
+
+
+def test_a_delayed_request_is_abandoned_when_the_client_goes_away(start_server):
+    log = io.StringIO()
+    server = start_server(log=log)
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nx-sample-delay: 60s\r\n\r\n")
+        _wait_for(lambda: server.in_flight == 1, "the slow request to arrive")
+    # The client hung up (as a proxy that timed out does): the server stops waiting for it.
+    _wait_for(lambda: server.in_flight == 0, "the server to notice the client left")
+    _wait_for(lambda: "client went away" in log.getvalue(), "the log line")
