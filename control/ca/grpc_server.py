@@ -33,6 +33,7 @@ from control.ca.spiffe_id import (
     CONTROL_SERVICE_ACCOUNT,
     workload_id,
 )
+
 DEFAULT_PORT = 15012
 
 

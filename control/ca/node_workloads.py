@@ -19,32 +19,36 @@ ServiceAccount = tuple[str, str]  # (namespace, service account)
 
 
 class NodeWorkloads(Protocol):
-    def service_accounts_on(self, node: str) -> set[ServiceAccount]:
+    def service_accounts_on(self, node: str) -> set[ServiceAccount] | frozenset[ServiceAccount]:
         """(namespace, service account) of every pod currently scheduled on `node`."""
         ...
 
 
 class InMemoryNodeWorkloads:
-    """A mapping node → {(ns, sa)} that callers update as pods come and go."""
+    """A mapping node → {(ns, sa)} that callers update as pods come and go.
+
+    Copy-on-write: readers get an immutable snapshot without copying, writers replace it.
+    """
 
     def __init__(self, initial: dict[str, Iterable[ServiceAccount]] | None = None) -> None:
         self._lock = threading.Lock()
-        self._by_node: dict[str, set[ServiceAccount]] = {
-            node: set(sas) for node, sas in (initial or {}).items()
+        self._by_node: dict[str, frozenset[ServiceAccount]] = {
+            node: frozenset(sas) for node, sas in (initial or {}).items()
         }
 
-    def service_accounts_on(self, node: str) -> set[ServiceAccount]:
-        with self._lock:
-            return set(self._by_node.get(node, ()))
+    def service_accounts_on(self, node: str) -> frozenset[ServiceAccount]:
+        return self._by_node.get(node, frozenset())
 
     def set_node(self, node: str, service_accounts: Iterable[ServiceAccount]) -> None:
         with self._lock:
-            self._by_node[node] = set(service_accounts)
+            self._by_node = {**self._by_node, node: frozenset(service_accounts)}
 
     def add(self, node: str, namespace: str, service_account: str) -> None:
         with self._lock:
-            self._by_node.setdefault(node, set()).add((namespace, service_account))
+            current = self._by_node.get(node, frozenset())
+            self._by_node = {**self._by_node, node: current | {(namespace, service_account)}}
 
     def remove(self, node: str, namespace: str, service_account: str) -> None:
         with self._lock:
-            self._by_node.get(node, set()).discard((namespace, service_account))
+            current = self._by_node.get(node, frozenset())
+            self._by_node = {**self._by_node, node: current - {(namespace, service_account)}}

@@ -76,7 +76,7 @@ def _iso(ts: float) -> str:
 class CertificateManager:
     def __init__(self, ca: CaClient, *, registry: CollectorRegistry | None = None,
                  validity_seconds: int = 0, renew_fraction: float = 0.5, jitter: float = 0.05,
-                 backoff: schedule.Backoff = schedule.Backoff(), fetch_timeout: float = 10.0,
+                 backoff: schedule.Backoff = schedule.DEFAULT_BACKOFF, fetch_timeout: float = 10.0,
                  clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self._ca = ca

@@ -47,3 +47,6 @@ class Backoff:
 def is_usable(*, now: float, not_after: float) -> bool:
     """A certificate is presented only strictly before its notAfter (fail closed)."""
     return now < not_after
+
+
+DEFAULT_BACKOFF = Backoff()
