@@ -1,0 +1,19 @@
+"""Scenarios: ways for the client pod to reach the server pod, measured side by side.
+
+A scenario has a `name`, `start(topology) -> Target` (what the load tools aim at), `pids()`
+(the processes whose memory is reported) and `stop()`. Register new ones in `SCENARIOS`; the
+first one, `direct`, is the baseline every ratio is taken against.
+"""
+
+from __future__ import annotations
+
+from perf.scenarios.base import Scenario, Target
+from perf.scenarios.direct import Direct
+from perf.scenarios.haproxy_mtls import HaproxyMtls
+
+SCENARIOS: dict[str, type[Scenario]] = {
+    Direct.name: Direct,
+    HaproxyMtls.name: HaproxyMtls,
+}
+
+__all__ = ["SCENARIOS", "Scenario", "Target"]
