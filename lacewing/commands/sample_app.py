@@ -228,10 +228,11 @@ def _load(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, headers=args.header, keepalive=args.keepalive,
         timeout=args.timeout, method=args.method,
     )
-    if args.output == "json":
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(report.format_text())
+    text = json.dumps(report.to_json(), indent=2) if args.output == "json" else report.format_text()
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `... | head`: the reader left; not an error of the run
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if report.sent == 0:
         kinds = ", ".join(f"{k} x{v}" for k, v in report.errors.items() if v) or "no attempts"
         print(f"error: nothing could be sent to {args.url} ({kinds}); check that the server is "

@@ -332,8 +332,9 @@ class _HTTPServer(ThreadingHTTPServer):
             return False
 
     # -- logging -------------------------------------------------------------------------
-    def log(self, line: str) -> None:
-        if self.quiet:
+    def log(self, line: str, *, always: bool = False) -> None:
+        """Write one stamped line; per-request lines (the default) are muted by `quiet`."""
+        if self.quiet and not always:
             return
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         with self._log_lock:
@@ -431,7 +432,8 @@ class SampleServer:
         return self._httpd.connections_accepted
 
     def log(self, line: str) -> None:
-        self._httpd.log(line)
+        """A lifecycle line (listening, stopping): written even when per-request logs are quiet."""
+        self._httpd.log(line, always=True)
 
     def start(self) -> SampleServer:
         if self._thread is None:
