@@ -1,0 +1,135 @@
+"""From documents to typed resources: every check, in order, with every problem located.
+
+Before: `control.config.loader.load_documents` (or any caller holding `Document`s). After:
+`validate_documents` returns the resources that passed and the problems of those that did not;
+`parse` turns one document into one resource or raises `ConfigError`. Both are pure: no I/O
+beyond the documents given, so local mode's `apply` and the control plane call them freely.
+
+For each document:
+1. envelope — apiVersion and kind name a mesh kind and one of its served versions; other Istio
+   kinds are *unsupported*; Kubernetes workload kinds are passed over (they are not mesh
+   configuration; `analyze` reads them); anything else is *invalid*;
+2. schema — the CRD's openAPIV3Schema and CEL rules (`control.config.schema`);
+3. fields — every key is implemented by the model, or *unsupported*, or unknown (`codec`);
+4. semantics — rules the schema cannot express (`semantics`), if the structure is sound;
+5. decode — into the frozen model, only if nothing above was invalid or unsupported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from control.config import codec, schema, semantics
+from control.config.errors import INVALID, UNSUPPORTED, WARNING, ConfigError, Problem
+from control.config.loader import Document
+from control.config.model import RESOURCE_KINDS, Resource, Source
+
+MESH_KINDS: dict[tuple[str, str], type[Resource]] = {(c.GROUP, c.KIND): c for c in RESOURCE_KINDS}
+
+# Kubernetes objects that describe workloads, not mesh configuration.
+WORKLOAD_KINDS = frozenset({
+    ("", "Namespace"), ("", "Service"), ("", "ServiceAccount"), ("", "Pod"), ("", "ConfigMap"),
+    ("", "Secret"), ("", "Endpoints"), ("apps", "Deployment"), ("apps", "StatefulSet"),
+    ("apps", "DaemonSet"), ("apps", "ReplicaSet"), ("discovery.k8s.io", "EndpointSlice"),
+})
+# Groups whose kinds are mesh configuration Lacewing does not implement yet.
+UNSUPPORTED_GROUPS = frozenset({
+    "networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io",
+    "gateway.networking.k8s.io",
+})
+
+
+def split_api_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+def is_workload(doc: Document) -> bool:
+    api_version, kind = doc.obj.get("apiVersion"), doc.obj.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        return False
+    return (split_api_version(api_version)[0], kind) in WORKLOAD_KINDS
+
+
+def validate_document(doc: Document) -> tuple[Resource | None, list[Problem]]:
+    """One document: its resource (None if refused or not mesh configuration) and problems."""
+    found: list[tuple[str, str, str]] = []
+    resource = None
+    cls_version = _envelope(doc.obj, found)
+    if cls_version is not None:
+        cls, version = cls_version
+        group, kind = cls.GROUP, cls.KIND
+        structural = schema.structural_problems(doc.obj, group, version, kind)
+        found.extend((path, INVALID, message) for path, message in structural)
+        found.extend(codec.field_problems(doc.obj, cls, schema.document_schema(group, version, kind)))
+        if not structural:
+            found.extend(semantics.semantic_problems(kind, doc.obj))
+        if not any(k in (INVALID, UNSUPPORTED) for _, k, _ in found):
+            try:
+                resource = codec.decode_resource(cls, doc.obj, source=Source(doc.file, doc.index))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                found.append(("", INVALID, f"cannot read the resource: {exc}"))
+    problems = _dedupe(Problem(doc.file, doc.index, path, message, kind) for path, kind, message in found)
+    return resource, problems
+
+
+def _envelope(obj: dict[str, Any], found: list[tuple[str, str, str]]) -> tuple[type[Resource], str] | None:
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    if not isinstance(api_version, str) or not api_version:
+        found.append(("apiVersion", INVALID, "apiVersion is required (a string such as networking.istio.io/v1)"))
+    if not isinstance(kind, str) or not kind:
+        found.append(("kind", INVALID, "kind is required (a string such as VirtualService)"))
+    if found:
+        return None
+    group, version = split_api_version(api_version)
+    cls = MESH_KINDS.get((group, kind))
+    if cls is not None:
+        if version not in cls.VERSIONS:
+            served = ", ".join(f"{group}/{v}" for v in cls.VERSIONS)
+            found.append(("apiVersion", INVALID, f"{kind} is not served as {api_version}; use {served}"))
+            return None
+        return cls, version
+    if (group, kind) in WORKLOAD_KINDS:
+        return None
+    if (group, kind) in schema.crd_schemas() or group in UNSUPPORTED_GROUPS:
+        found.append(("kind", UNSUPPORTED, f"kind {kind} ({group}) is not supported by Lacewing yet"))
+        return None
+    found.append(("kind", INVALID, f"unknown kind {kind} ({api_version}); mesh kinds are "
+                  + ", ".join(sorted({k for _, k in MESH_KINDS})) ))
+    return None
+
+
+def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
+    seen: set[Problem] = set()
+    out = []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def validate_documents(docs: Iterable[Document]) -> tuple[list[Resource], list[Problem]]:
+    """All documents: the accepted resources and every problem, in document order.
+
+    A resource is returned only if its document had no invalid or unsupported problem;
+    warnings do not stop it. Workload documents give neither a resource nor a problem.
+    """
+    resources: list[Resource] = []
+    problems: list[Problem] = []
+    for doc in docs:
+        resource, found = validate_document(doc)
+        problems.extend(found)
+        if resource is not None:
+            resources.append(resource)
+    return resources, problems
+
+
+def parse(doc: Document) -> Resource:
+    """One mesh document to its resource, or `ConfigError` with every problem."""
+    resource, problems = validate_document(doc)
+    errors = [p for p in problems if p.kind != WARNING]
+    if errors or resource is None:
+        raise ConfigError(errors or [Problem(doc.file, doc.index, "kind", "not a mesh resource")])
+    return resource
