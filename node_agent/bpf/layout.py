@@ -15,7 +15,7 @@ import numpy as np
 POD = struct.Struct("=IIII")               # pod_id, ifindex, flags, pad   (key: be32 ip)
 EXCL_KEY = struct.Struct("=IHBB")          # pod_id, port (host order), dir, pad
 CAPT_KEY = struct.Struct("=4s4sHH")        # saddr, daddr, sport, dport (network order)
-FLOW = struct.Struct("=4s4sHHIIIQQQQII")
+FLOW = struct.Struct("=4s4sHHIIIQQQQIIII")
 CFG = struct.Struct("=QII")                # netns_cookie, enabled, pad
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
@@ -38,9 +38,9 @@ STATS = ("captured_outbound", "captured_inbound", "captured_tunnel", "assigned_e
 FLOW_DTYPE = np.dtype([
     ("saddr", "<u4"), ("daddr", "<u4"), ("sport", "<u2"), ("dport", "<u2"), ("kind", "<u4"),
     ("src_pod", "<u4"), ("dst_pod", "<u4"), ("rx", "<u8"), ("tx", "<u8"), ("opened_ns", "<u8"),
-    ("closed_ns", "<u8"), ("state", "<u4"), ("flags", "<u4"),
+    ("closed_ns", "<u8"), ("state", "<u4"), ("flags", "<u4"), ("fin_seq", "<u4"), ("pad", "<u4"),
 ])
-assert FLOW_DTYPE.itemsize == FLOW.size == 64
+assert FLOW_DTYPE.itemsize == FLOW.size == 72
 
 
 def ip_key(ip: str) -> bytes:

@@ -100,9 +100,11 @@ struct lw_flow {
     __u64 closed_ns;                /* 0 while open */
     __u32 state;                    /* last TCP state seen */
     __u32 flags;                    /* LW_FLOW_* */
+    __u32 fin_seq;                  /* sequence number of the client's FIN, if seen */
+    __u32 pad;
 };
 
-#define LW_FLOW_FIN_IN  1           /* the client's FIN was received */
+#define LW_FLOW_FIN_IN  1           /* the client's FIN arrived (fin_seq) */
 #define LW_FLOW_FIN_OUT 2           /* our FIN was sent */
 
 struct lw_cfg {

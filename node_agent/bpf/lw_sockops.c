@@ -11,14 +11,28 @@
  * Sockets of other network namespaces than the node's (lw_cfg) are ignored.
  */
 #include <uapi/linux/bpf.h>
+#include <uapi/linux/tcp.h>
 #include "lw_maps.h"
 
 #define LW_AF_INET 2
+#define LW_TCP_FIN 0x01
 
+/* The kernel's byte counters also count the FIN's sequence number once it is received
+ * (bytes_received) or acknowledged (bytes_acked). Take it out, so the counts are payload bytes:
+ *  - received: we noted the sequence number of the client's FIN when it arrived; once rcv_nxt
+ *    is past it, the FIN was consumed (in order, possibly after a hole was filled);
+ *  - sent: once our FIN is out (FIN_WAIT1/LAST_ACK seen) and everything sent is acked, the
+ *    last acknowledged byte was the FIN. */
 static __always_inline void lw_flow_refresh(struct bpf_sock_ops *skops, struct lw_flow *f)
 {
-    f->rx_bytes = skops->bytes_received;
-    f->tx_bytes = skops->bytes_acked;
+    __u64 rx = skops->bytes_received;
+    __u64 tx = skops->bytes_acked;
+    if ((f->flags & LW_FLOW_FIN_IN) && (__s32)(skops->rcv_nxt - (f->fin_seq + 1)) >= 0 && rx)
+        rx -= 1;
+    if ((f->flags & LW_FLOW_FIN_OUT) && skops->snd_una == skops->snd_nxt && tx)
+        tx -= 1;
+    f->rx_bytes = rx;
+    f->tx_bytes = tx;
 }
 
 int lw_sockops(struct bpf_sock_ops *skops)
@@ -59,7 +73,8 @@ int lw_sockops(struct bpf_sock_ops *skops)
         }
         lw_count(LW_ST_FLOW_OPEN);
         bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG |
-                                         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+                                         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
+                                         BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
         return 1;
     }
 
@@ -72,16 +87,34 @@ int lw_sockops(struct bpf_sock_ops *skops)
         return 1;
     }
 
+    if (op == BPF_SOCK_OPS_PARSE_HDR_OPT_CB) {
+        /* every segment this socket receives; we only want the client's FIN */
+        if (!(skops->skb_tcp_flags & LW_TCP_FIN))
+            return 1;
+        __u64 cookie = bpf_get_socket_cookie(skops);
+        struct lw_flow *f = lw_flows.lookup(&cookie);
+        if (!f || (f->flags & LW_FLOW_FIN_IN))
+            return 1;
+        void *data = (void *)(long)skops->skb_data;
+        void *end = (void *)(long)skops->skb_data_end;
+        struct tcphdr *th = data;
+        if ((void *)(th + 1) > end)
+            return 1;
+        __u32 hdr = th->doff * 4;
+        __u32 len = skops->skb_len;
+        if (len < hdr)
+            return 1;
+        f->fin_seq = bpf_ntohl(th->seq) + (len - hdr);
+        f->flags |= LW_FLOW_FIN_IN;
+        return 1;
+    }
+
     if (op == BPF_SOCK_OPS_STATE_CB) {
         __u64 cookie = bpf_get_socket_cookie(skops);
         struct lw_flow *f = lw_flows.lookup(&cookie);
         if (!f || f->closed_ns)
             return 1;
-        __u32 old = skops->args[0];
         __u32 new = skops->args[1];
-        if (new == BPF_TCP_CLOSE_WAIT || (old == BPF_TCP_FIN_WAIT2 && new == BPF_TCP_CLOSE) ||
-            new == BPF_TCP_CLOSING || new == BPF_TCP_TIME_WAIT)
-            f->flags |= LW_FLOW_FIN_IN;
         if (new == BPF_TCP_FIN_WAIT1 || new == BPF_TCP_LAST_ACK)
             f->flags |= LW_FLOW_FIN_OUT;
         f->state = new;

@@ -1,0 +1,189 @@
+"""Capture end to end: real programs in the kernel, a namespaced node, a transparent relay.
+
+node1 has pods A, B, C, D (10.244.1.2-5); node2 has pod E (10.244.2.2) and no datapath.
+Every pod serves "who" on 8080, 9090 and 9091 (tests/bpf/netapps.py). A test that enrolls a
+pod makes it leave again in `finally`, so the tests do not depend on their order.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.bpf.conftest import _pod
+from tests.bpf.netapps import ask_who, connect, transfer
+
+pytestmark = [pytest.mark.netns, pytest.mark.bpf]
+
+
+def closed_flow(dp, src: str, sport: int):
+    """The flow record of one connection, once the relay's socket has closed (bounded wait)."""
+    deadline = time.monotonic() + 10
+    while True:
+        flows = [f for f in dp.read_flows() if f.src == src and f.sport == sport]
+        assert len(flows) == 1, dp.read_flows()
+        if not flows[0].open or time.monotonic() > deadline:
+            return flows[0]
+        time.sleep(0.05)
+
+
+def pods(topo):
+    a, b, c, d = topo.nodes[0].pods
+    (e,) = topo.nodes[1].pods
+    return a, b, c, d, e
+
+
+def test_enrolled_pod_reaches_outbound_listener_with_original_destination(topo, dp, relay, servers):
+    a, _b, _c, d, _e = pods(topo)
+    relay.drain()
+    dp.enroll(_pod(a))
+    try:
+        seen, mine = ask_who(a.name, d.ip, 8080)
+        got = relay.next()
+        assert got["listener"] == 15001
+        assert got["local"] == [d.ip, 8080]          # the original destination, no NAT
+        assert got["peer"] == [a.ip, mine[1]]        # the pod's own address and port
+        # the relay connected on to D from the node, so D saw the node, not A
+        assert seen.split(":")[0] != a.ip
+    finally:
+        dp.leave(_pod(a))
+
+
+def test_plaintext_from_unenrolled_pod_reaches_inbound_listener(topo, dp, relay, servers):
+    _a, b, c, _d, _e = pods(topo)
+    relay.drain()
+    dp.enroll(_pod(b))
+    try:
+        _seen, mine = ask_who(c.name, b.ip, 8080)
+        got = relay.next()
+        assert got["listener"] == 15006
+        assert got["local"] == [b.ip, 8080]
+        assert got["peer"] == [c.ip, mine[1]]
+    finally:
+        dp.leave(_pod(b))
+
+
+def test_plaintext_from_another_node_reaches_inbound_listener(topo, dp, relay, servers):
+    _a, b, _c, _d, e = pods(topo)
+    relay.drain()
+    dp.enroll(_pod(b))
+    try:
+        _seen, mine = ask_who(e.name, b.ip, 8080)
+        got = relay.next()
+        assert got["listener"] == 15006
+        assert got["local"] == [b.ip, 8080]
+        assert got["peer"] == [e.ip, mine[1]]
+    finally:
+        dp.leave(_pod(b))
+
+
+def test_unenrolled_pods_and_the_node_itself_are_untouched(topo, dp, relay, servers):
+    a, b, c, d, e = pods(topo)
+    relay.drain()
+    dp.enroll(_pod(b))
+    try:
+        seen, mine = ask_who(c.name, d.ip, 8080)           # unenrolled -> unenrolled
+        assert seen == f"{c.ip}:{mine[1]}"
+        seen, mine = ask_who(e.name, d.ip, 8080)           # other node -> unenrolled
+        assert seen == f"{e.ip}:{mine[1]}"
+        seen, mine = ask_who(topo.nodes[0].name, b.ip, 8080)   # the node's own -> enrolled
+        assert seen == f"{mine[0]}:{mine[1]}"
+        assert relay.drain() == []
+    finally:
+        dp.leave(_pod(b))
+
+
+def test_enroll_and_leave_live_without_breaking_existing_connections(topo, dp, relay, servers):
+    _a, _b, c, d, _e = pods(topo)
+    relay.drain()
+    held = connect(c.name, d.ip, 8080)
+    try:
+        held.sendall(b"hold\n")
+        held.sendall(b"x")
+        assert held.recv(1) == b"k"
+        dp.enroll(_pod(c))
+        seen, _ = ask_who(c.name, d.ip, 8080)
+        assert seen.split(":")[0] != c.ip
+        assert relay.next()["listener"] == 15001
+        held.sendall(b"y")                      # opened before enrolling: still direct, alive
+        assert held.recv(1) == b"k"
+        dp.leave(_pod(c))
+        seen, mine = ask_who(c.name, d.ip, 8080)
+        assert seen == f"{c.ip}:{mine[1]}"
+        assert relay.drain() == []
+    finally:
+        held.close()
+        dp.leave(_pod(c))
+
+
+def test_port_exclusions_by_annotation(topo, dp, relay, servers):
+    a, b, c, d, _e = pods(topo)
+    relay.drain()
+    dp.enroll(_pod(a, **{"lacewing.dev/exclude-outbound-ports": "9090"}))
+    dp.enroll(_pod(b, **{"lacewing.dev/exclude-inbound-ports": "9091, 9090"}))
+    try:
+        seen, mine = ask_who(a.name, d.ip, 9090)      # excluded outbound: straight to D
+        assert seen == f"{a.ip}:{mine[1]}"
+        seen, mine = ask_who(c.name, b.ip, 9091)      # excluded inbound: straight to B
+        assert seen == f"{c.ip}:{mine[1]}"
+        assert relay.drain() == []
+        ask_who(a.name, d.ip, 8080)                   # other ports still captured
+        assert relay.next()["listener"] == 15001
+        ask_who(c.name, b.ip, 8080)
+        assert relay.next()["listener"] == 15006
+        # A's excluded outbound port to enrolled B is plaintext for B: inbound capture,
+        # unless B excludes that port too (it does: 9090)
+        seen, mine = ask_who(a.name, b.ip, 9090)
+        assert seen == f"{a.ip}:{mine[1]}"
+        # changing the annotation takes effect live
+        dp.enroll(_pod(a))
+        ask_who(a.name, d.ip, 9090)
+        assert relay.next()["listener"] == 15001
+    finally:
+        dp.leave(_pod(a))
+        dp.leave(_pod(b))
+    assert dp.enrolled() == {}
+
+
+def test_in_kernel_byte_counts_equal_bytes_sent(topo, dp, relay, servers):
+    a, _b, _c, d, _e = pods(topo)
+    from node_agent.bpf.flows import PairTotals
+
+    before = dp.l4_totals().get((a.ip, d.ip, "outbound"), PairTotals())
+    sent, reply = 5 * 1024 * 1024 + 12345, 3 * 1024 * 1024 + 321
+    dp.enroll(_pod(a))
+    try:
+        got, mine = transfer(a.name, d.ip, 8080, send=sent, receive=reply)
+        assert got == reply
+        f = closed_flow(dp, a.ip, mine[1])
+        assert (f.dst, f.dport, f.kind) == (d.ip, 8080, "outbound")
+        assert not f.open
+        assert f.received_bytes == sent
+        assert f.sent_bytes == reply
+        assert f.src_pod != 0 and f.dst_pod == 0          # D is not enrolled
+        # totals are monotonic per (source, destination, kind): this connection adds exactly
+        t = dp.l4_totals()[(a.ip, d.ip, "outbound")]
+        assert (t.received_bytes - before.received_bytes, t.sent_bytes - before.sent_bytes,
+                t.opened - before.opened) == (sent, reply, 1)
+        # once counted, closed records leave the kernel map; the totals keep them
+        assert all(r.open for r in dp.read_flows())
+        again = dp.l4_totals()[(a.ip, d.ip, "outbound")]
+        assert again.received_bytes == t.received_bytes
+    finally:
+        dp.leave(_pod(a))
+
+
+def test_node_tunnel_port_is_never_sent_to_the_plaintext_listener(topo, dp, relay, servers):
+    _a, b, _c, _d, e = pods(topo)
+    relay.drain()
+    dp.enroll(_pod(b))
+    try:
+        # nothing listens on 15008 in this test: the SYN passes to B itself, which refuses it
+        with pytest.raises(ConnectionRefusedError):
+            connect(e.name, b.ip, 15008, timeout=2)
+        assert relay.drain() == []
+    finally:
+        dp.leave(_pod(b))
+    assert isinstance(socket.AF_INET, int)
