@@ -18,7 +18,7 @@ from cryptography import x509
 
 from control.api import ca_pb2, ca_pb2_grpc
 from control.ca import spiffe_id
-from control.ca.authority import CertificateAuthority
+from control.ca.authority import CaConfigError, CertificateAuthority
 from control.ca.certificates import uri_sans
 from control.ca.csr_check import Code, Deny, check_csr
 from control.ca.metrics import CaMetrics
@@ -80,7 +80,12 @@ class CertificateService(ca_pb2_grpc.CertificateServiceServicer):
                              trust_domain=ca.trust_domain)
         if isinstance(decision, Deny):
             await self._refuse(context, decision, peer=f"node {node}")
-        issued = ca.sign(decision.public_key, decision.identity, ttl=request.validity_duration)
+        try:
+            issued = ca.sign(decision.public_key, decision.identity,
+                             ttl=request.validity_duration)
+        except (CaConfigError, ValueError) as exc:
+            log.error("cannot sign %s for node %s: %s", decision.identity, node, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the CA cannot sign now: {exc}")
         self.metrics.issued.labels(kind="workload").inc()
         log.info("issued %s to node %s, serial %x, until %s", issued.spiffe_id, node,
                  issued.serial, issued.not_after)
