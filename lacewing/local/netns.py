@@ -12,6 +12,7 @@ import ctypes
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,8 +27,13 @@ class CommandError(UserError):
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for processes inside namespaces: no proxy settings (PLATFORM.md)."""
+    """The environment for processes inside namespaces: no proxy settings (PLATFORM.md), and
+    this installation's `bin` first on PATH so that `lacewing` itself is found there."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
+    bindir = str(Path(sys.executable).parent)
+    path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if path.split(":")[0] != bindir:
+        env["PATH"] = f"{bindir}:{path}"
     if extra:
         env.update(extra)
     return env
