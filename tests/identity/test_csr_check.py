@@ -154,3 +154,21 @@ def test_garbage_never_raises_and_never_issues(data):
 def test_string_input_is_accepted():
     _, pem = make_csr(WEB)
     assert isinstance(decide(pem.decode()), Issue)
+
+
+NAMES = st.sampled_from(["default", "web", "shop", "db", "api"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(ns=NAMES, sa=NAMES, node=st.sampled_from(["n1", "n2", "n3"]),
+       placed=st.sets(st.tuples(st.sampled_from(["n1", "n2"]), NAMES, NAMES), max_size=6))
+def test_issues_exactly_the_identities_on_the_callers_node(ns, sa, node, placed):
+    state = InMemoryNodeWorkloads()
+    for n, pns, psa in placed:
+        state.add(n, pns, psa)
+    _, pem = make_csr(f"spiffe://cluster.local/ns/{ns}/sa/{sa}")
+    d = check_csr(pem, node=node, workloads=state, trust_domain=TD)
+    if (node, ns, sa) in placed:
+        assert isinstance(d, Issue) and (d.identity.namespace, d.identity.service_account) == (ns, sa)
+    else:
+        assert isinstance(d, Deny) and d.code is Code.PERMISSION_DENIED
