@@ -204,7 +204,8 @@ def _describe_faults(b: Behaviour) -> str:
     if b.fail_rate:
         parts.append(f"fail-rate={b.fail_rate:g} status={b.fail_status}")
     if b.latency or b.latency_jitter:
-        parts.append(f"latency={format_duration(b.latency)}+[0,{format_duration(b.latency_jitter)}]")
+        jitter = f"+[0,{format_duration(b.latency_jitter)}]" if b.latency_jitter else ""
+        parts.append(f"latency={format_duration(b.latency)}{jitter}")
     if b.close_rate:
         parts.append(f"close-rate={b.close_rate:g} mode={b.close_mode}")
     if b.fail_healthz:

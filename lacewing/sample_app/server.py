@@ -92,8 +92,9 @@ class _Handler(BaseHTTPRequestHandler):
             if draining:
                 self.close_connection = True
             self._serve()
-            self.wfile.flush()
-        except (TimeoutError, ConnectionError, OSError):
+            if not self.wfile.closed:
+                self.wfile.flush()
+        except (TimeoutError, ConnectionError, OSError, ValueError):
             self.close_connection = True
         finally:
             self.server.end_request(self)

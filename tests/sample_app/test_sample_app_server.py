@@ -153,9 +153,13 @@ def _raw_exchange(server, request: bytes) -> bytes | Exception:
 
 
 def test_close_rate_resets_the_connection_without_an_answer(start_server):
-    server = start_server(close_rate=1.0)
+    log = io.StringIO()
+    server = start_server(close_rate=1.0, log=log)
     outcome = _raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert isinstance(outcome, ConnectionResetError)
+    _wait_for(lambda: server.requests_served == 1, "the server to finish the request")
+    assert '"GET / HTTP/1.1" dropped(reset) reason=close-rate' in log.getvalue()
+    assert "error" not in log.getvalue()
 
 
 def test_close_mode_fin_closes_without_an_answer(start_server):
