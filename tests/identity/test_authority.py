@@ -195,3 +195,14 @@ def test_node_identity_is_an_svid_too(ca):
     key_pem, issued = ca.issue_with_new_key(node_id("node-1"))
     svid = X509Svid.parse(b"".join(issued.cert_chain), key_pem)
     assert str(svid.spiffe_id) == "spiffe://cluster.local/lacewing/node/node-1"
+
+
+def test_trust_domain_is_configurable(tmp_path):
+    ca = CertificateAuthority.load_or_generate(tmp_path / "ca", trust_domain="example.org")
+    root = x509.load_pem_x509_certificate(ca.trust_bundle[0])
+    assert c.uri_sans(root) == ["spiffe://example.org"]
+    key_pem, issued = ca.issue_with_new_key(workload_id("default", "web", trust_domain="example.org"))
+    assert str(X509Svid.parse(b"".join(issued.cert_chain), key_pem).spiffe_id) == \
+        "spiffe://example.org/ns/default/sa/web"
+    with pytest.raises(ValueError, match="trust domain"):
+        ca.issue_with_new_key(WEB)  # cluster.local
