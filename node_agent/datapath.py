@@ -200,10 +200,11 @@ class Datapath:
                                 "run install()")
         self._attach_node()
         # a pod enrolled in the map whose veth lost its program (e.g. re-created) gets it back
-        for ip, pod in self.enrolled().items():
-            if pod["ifindex"] and attach.tc_ours(self._ip(), pod["ifindex"], self.settings) is None:
-                if self._ip().get_links(pod["ifindex"]):
-                    self._tc(pod["ifindex"], "pod_out")
+        existing = {link["index"] for link in self._ip().get_links()}
+        for pod in self.enrolled().values():
+            index = pod["ifindex"]
+            if index in existing and attach.tc_ours(self._ip(), index, self.settings) is None:
+                self._tc(index, "pod_out")
 
     def _attach_node(self) -> None:
         ipr = self._ip()

@@ -24,11 +24,11 @@ def selftest() -> list[tuple[str, bool, str]]:
     from node_agent.bpf import programs
 
     for prog in programs.PROGRAMS:
-        name = f"ebpf program {prog.name}"
+        name = prog.name
         try:
-            b = BPF(text=programs.final_c(prog), cflags=programs.cflags())
+            b = BPF(text=programs.final_c(prog).encode(), cflags=programs.cflags())
             try:
-                fn = b.load_func(prog.entry, getattr(BPF, prog.kind))
+                fn = b.load_func(prog.entry.encode(), getattr(BPF, prog.kind))
                 from node_agent.bpf.syscall import prog_info
                 pid, _ = prog_info(fn.fd)
                 results.append((name, True, f"loaded (id {pid}); attaches at {prog.attach}"))

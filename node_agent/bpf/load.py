@@ -33,9 +33,9 @@ def load_and_pin(*, cluster: str, node: str, settings: Settings = DEFAULT) -> di
     flags = programs.cflags(settings=settings, pin_dir=directory)
     result: dict = {"pin_dir": directory, "programs": {}, "maps": []}
     for prog in programs.PROGRAMS:
-        b = BPF(text=programs.final_c(prog), cflags=flags)
+        b = BPF(text=programs.final_c(prog).encode(), cflags=flags)
         try:
-            fn = b.load_func(prog.entry, getattr(BPF, prog.kind))
+            fn = b.load_func(prog.entry.encode(), getattr(BPF, prog.kind))
             final = pins.prog_path(cluster, node, prog.name)
             tmp = final + "_new"
             if os.path.exists(tmp):

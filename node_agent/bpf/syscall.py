@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -62,6 +63,18 @@ def _attr() -> ctypes.Array:
 
 def _addr(buf) -> int:
     return ctypes.addressof(buf) if buf is not None else 0
+
+
+BPF_MAP_TYPE_HASH = 1
+
+
+def map_create(*, map_type: int, key_size: int, value_size: int, max_entries: int,
+               name: str = "") -> int:
+    """Create a map (for tests and checks; the datapath's maps come from the loader)."""
+    a = _attr()
+    struct.pack_into("=IIIIIII", a, 0, map_type, key_size, value_size, max_entries, 0, 0, 0)
+    struct.pack_into("16s", a, 28, name.encode()[:15])
+    return _bpf(BPF_MAP_CREATE, a)
 
 
 def obj_get(path: str) -> int:
