@@ -210,7 +210,7 @@ def _unsupported(tp: Any, schema: dict[str, Any], prefix: str) -> Iterator[str]:
         if tp is ObjectMeta:
             return
         fields = _fields(tp)
-        for key in sorted((schema.get("properties") or {})):
+        for key in sorted(schema.get("properties") or {}):
             path = f"{prefix}.{key}" if prefix else key
             if key in fields:
                 yield from _unsupported(fields[key][1], schema["properties"][key], path)

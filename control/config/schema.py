@@ -145,6 +145,8 @@ def _explain(error: jsonschema.ValidationError) -> tuple[str, str]:
     if v in ("minProperties", "maxProperties", "minItems", "maxItems", "minLength", "maxLength"):
         what = {"Properties": "entries", "Items": "items", "Length": "characters"}[v[3:]]
         word = "at least" if v.startswith("min") else "at most"
+        if word == "at least" and error.validator_value == 1:
+            return format_path(parts), "must not be empty"
         return format_path(parts), f"must have {word} {error.validator_value} {what}"
     if v == "pattern":
         return format_path(parts), f"invalid value {value!r}: must match {error.validator_value}"

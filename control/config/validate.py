@@ -11,7 +11,8 @@ For each document:
    configuration; `analyze` reads them); anything else is *invalid*;
 2. schema — the CRD's openAPIV3Schema and CEL rules (`control.config.schema`);
 3. fields — every key is implemented by the model, or *unsupported*, or unknown (`codec`);
-4. semantics — rules the schema cannot express (`semantics`), if the structure is sound;
+4. semantics — rules the schema cannot express (`semantics`; type-tolerant, so a document
+   with schema errors still gets every other problem reported);
 5. decode — into the frozen model, only if nothing above was invalid or unsupported.
 """
 
@@ -63,8 +64,7 @@ def validate_document(doc: Document) -> tuple[Resource | None, list[Problem]]:
         structural = schema.structural_problems(doc.obj, group, version, kind)
         found.extend((path, INVALID, message) for path, message in structural)
         found.extend(codec.field_problems(doc.obj, cls, schema.document_schema(group, version, kind)))
-        if not structural:
-            found.extend(semantics.semantic_problems(kind, doc.obj))
+        found.extend(semantics.semantic_problems(kind, doc.obj))
         if not any(k in (INVALID, UNSUPPORTED) for _, k, _ in found):
             try:
                 resource = codec.decode_resource(cls, doc.obj, source=Source(doc.file, doc.index))
