@@ -38,6 +38,7 @@ from lacewing.sample_app.report import (
 )
 
 DEFAULT_REQUESTS = 100
+USER_AGENT = "lacewing-sample-app-load/1"
 MAX_IDENTIFY_BYTES = 1 << 20  # bodies larger than this are not parsed for pod/version
 
 
@@ -130,6 +131,8 @@ class _Worker:
         self.target = target
         self.method = method
         self.headers = dict(headers)
+        if not any(name.lower() == "user-agent" for name in self.headers):
+            self.headers["User-Agent"] = USER_AGENT
         if not keepalive:
             self.headers["Connection"] = "close"
         self.body = body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
@@ -27,6 +28,7 @@ class _PlainHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        self.server.seen.append({k.lower(): v for k, v in self.headers.items()})
         body = b"plain text\n"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -42,10 +44,11 @@ class _PlainHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def plain_server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _PlainHandler)
+    httpd.seen = []
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", httpd.seen
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -66,10 +69,22 @@ def test_counts_statuses_pods_and_versions(start_server):
 
 
 def test_sends_the_given_headers_and_method(start_server):
-    server = start_server()
-    report = run_load(server.url, requests=5, headers=[("x-sample-status", "418")], method="delete")
+    log = io.StringIO()
+    server = start_server(log=log)
+    report = run_load(server.url + "/orders?id=1", requests=5, headers=[("x-sample-status", "418")],
+                      method="delete")
     assert report.statuses == {418: 5}
     assert report.method == "DELETE"
+    assert log.getvalue().count('"DELETE /orders?id=1 HTTP/1.1" 418') == 5
+
+
+def test_host_and_user_agent_headers(plain_server):
+    url, seen = plain_server
+    run_load(url, requests=1)
+    run_load(url, requests=1, headers={"host": "reviews.bookinfo", "User-Agent": "probe/2"})
+    assert seen[0]["user-agent"].startswith("lacewing-sample-app-load/")
+    assert seen[0]["host"] == url.split("/")[2]
+    assert (seen[1]["host"], seen[1]["user-agent"]) == ("reviews.bookinfo", "probe/2")
 
 
 def test_counts_connect_refused_and_sends_nothing():
@@ -97,11 +112,12 @@ def test_counts_dropped_connections_as_resets(start_server, mode):
 
 
 def test_a_server_closing_idle_connections_is_not_a_reset(plain_server):
+    url, _ = plain_server
     # A rate leaves the connection idle between requests, as a pool's connections are.
-    report = run_load(plain_server, requests=15, rate=50)
+    report = run_load(url, requests=8, rate=20)
     assert report.errors["reset"] == 0
-    assert report.statuses == {200: 15}
-    assert report.unidentified == 15 and report.pods == {}
+    assert report.statuses == {200: 8}
+    assert report.unidentified == 8 and report.pods == {}
 
 
 def test_keepalive_reuses_connections_and_no_keepalive_does_not(start_server):
