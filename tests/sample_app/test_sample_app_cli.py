@@ -17,11 +17,11 @@ from lacewing.cli import main
 CLI = [sys.executable, "-m", "lacewing.cli", "sample-app"]
 
 
-def _start_serve(tmp_path, *flags: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+def _start_serve(tmp_path, *flags: str, env: dict | None = None, cli: list[str] = CLI) -> tuple[subprocess.Popen, int]:
     stderr = open(tmp_path / "serve.err", "wb")  # a file, so a chatty log never blocks the server
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("POD_", "NODE_NAME"))}
     child_env.update(env or {})
-    proc = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", "0", *flags],
+    proc = subprocess.Popen([*cli, "serve", "--host", "127.0.0.1", "--port", "0", *flags],
                             stdout=subprocess.PIPE, stderr=stderr, env=child_env)
     stderr.close()
     try:
@@ -151,6 +151,17 @@ def test_bad_flags_are_refused_with_exit_2_and_a_reason(argv, complaint, capsys)
         main(["sample-app", *argv])
     assert exited.value.code == 2
     assert complaint in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_serves_too(tmp_path):
+    proc, port = _start_serve(tmp_path, "--name", "light", cli=[sys.executable, "-m", "lacewing.sample_app"])
+    try:
+        done = _load(f"http://127.0.0.1:{port}/", "-n", "3", "-o", "json")
+        assert json.loads(done.stdout)["pods"] == {"light": 3}
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        _end(proc)
 
 
 def test_bad_flag_exit_status_from_a_real_process():
