@@ -122,6 +122,8 @@ class LocalCluster:
         self.store.write_cluster(record)
         names.bpf_dir.mkdir(exist_ok=True)
         self._make_network(record["nodes"])
+        self._make_identity(record)
+        self._write_components(record)
         self._start_supervisor(timeout=timeout)
         record["phase"] = "Ready"
         self.store.write_cluster(record)
@@ -130,7 +132,8 @@ class LocalCluster:
     def _make_network(self, nodes: list[dict[str, Any]]) -> None:
         fabric = self.names.fabric_ns
         netns.add_netns(fabric)
-        netns.ip_batch(["link add br0 type bridge", "link set br0 up"], netns=fabric)
+        netns.ip_batch(["link add br0 type bridge", "link set br0 up",
+                        f"addr add {topology.CONTROL_PLANE_IP}/16 dev br0"], netns=fabric)
         for node in nodes:
             netns.add_netns(node["netns"])
             i = node["index"]
@@ -146,6 +149,25 @@ class LocalCluster:
                 "net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
                 "net.ipv4.conf.default.rp_filter": "0", "net.ipv4.conf.eth0.rp_filter": "0",
             })
+
+    def _make_identity(self, record: dict[str, Any]) -> None:
+        """The cluster's CA (a generated root) and one credential per node (docs/identity.md)."""
+        from control.ca.authority import CertificateAuthority
+        from control.ca.node_credentials import issue_node_credential
+
+        ca = CertificateAuthority.load_or_generate(self.store.root / "ca")
+        for node in record["nodes"]:
+            issue_node_credential(ca, node["name"], self.store.root / "nodes" / node["name"])
+        record["caDir"] = str(self.store.root / "ca")
+        record["controlPlane"] = {"address": topology.CONTROL_PLANE_IP, "netns": self.names.fabric_ns}
+
+    def _write_components(self, record: dict[str, Any]) -> None:
+        from lacewing.local.components import default_components
+
+        folder = self.store.root / "components"
+        folder.mkdir(parents=True, exist_ok=True)
+        for spec in default_components(record, self.store.root):
+            (folder / f"{spec.name}.json").write_text(spec.to_json())
 
     def _start_supervisor(self, *, timeout: float) -> None:
         self.store.logs_dir.mkdir(parents=True, exist_ok=True)

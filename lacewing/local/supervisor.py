@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from control.config.loader import Document
-from lacewing.local import dataplane, netns, topology
+from lacewing.local import dataplane, netns, runtime_objects, topology
+from lacewing.local.components import ComponentSpec, read_components
 from lacewing.local.manifests import Container, Deployment, Pod, PodSpec, Service, parse_workload
 from lacewing.local.names import NETNS_ETC, ClusterNames
 from lacewing.local.store import Store
@@ -49,10 +50,13 @@ TICK = 0.1
 
 @dataclass
 class ContainerProcess:
-    """One container of one pod: a process group, restarted with backoff when it exits."""
+    """One process (a pod's container, or a component): a process group of its own, restarted
+    with backoff when it exits."""
 
-    container: Container
+    name: str
+    argv: list[str]          # complete, namespace entry included
     log_path: Path
+    container: Container | None = None
     proc: subprocess.Popen | None = None
     restarts: int = 0
     backoff: float = BACKOFF_START
@@ -60,12 +64,11 @@ class ContainerProcess:
     next_start: float = 0.0
     last_exit: int | None = None
 
-    def start(self, netns_name: str, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                netns.netns_exec_argv(netns_name, self.container.argv),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=env, cwd="/", start_new_session=True,
             )
         self.started_at = time.monotonic()
@@ -82,6 +85,9 @@ class ContainerProcess:
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
         return True
 
+    def restart_due(self, now: float) -> bool:
+        return self.proc is None and now >= self.next_start
+
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -90,6 +96,13 @@ class ContainerProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class ComponentRuntime:
+    spec: ComponentSpec
+    process: ContainerProcess
+    healthy: bool = False
 
 
 @dataclass
@@ -196,6 +209,8 @@ class Supervisor:
         self.nodes: list[str] = [n["name"] for n in record.get("nodes", [])]
         self.node_index = {n["name"]: n["index"] for n in record.get("nodes", [])}
         self.pods: dict[tuple[str, str], PodRuntime] = {}
+        self.components: dict[str, ComponentRuntime] = {}
+        self.underlay = {n["name"]: n["underlayIP"] for n in record.get("nodes", [])}
         self.services: list[Service] = []
         self.seen_generation = -1
         self.stopping = False
@@ -214,6 +229,7 @@ class Supervisor:
             if parsed is not None:
                 objects.append(parsed)
         self.services = [o for o in objects if isinstance(o, Service)]
+        self.reconcile_components()
         want = desired_pods([o for o in objects if isinstance(o, (Deployment, Pod))])
         overrides = self.store.pod_labels()
         for key, pod in list(self.pods.items()):
@@ -233,6 +249,21 @@ class Supervisor:
                 self.create_pod(desired, labels)
             except (OSError, netns.CommandError) as exc:
                 log.error("could not create pod %s/%s: %s", key[0], key[1], exc)
+
+    def reconcile_components(self) -> None:
+        want = {spec.name: spec for spec in read_components(self.store.root)}
+        for name, comp in list(self.components.items()):
+            if want.get(name) != comp.spec:
+                self.stop_processes([], [comp])
+                del self.components[name]
+        for name, spec in want.items():
+            if name in self.components:
+                continue
+            proc = ContainerProcess(name, netns.nsenter_argv(spec.netns, list(spec.argv)),
+                                    self.store.logs_dir / "components" / f"{name}.log")
+            self.components[name] = ComponentRuntime(spec, proc)
+            proc.start(netns.clean_env(spec.env))
+            log.info("component %s (%s) started in %s", name, spec.kind, spec.netns)
 
     def allocate_ip(self, node: str) -> str:
         index = self.node_index[node]
@@ -266,12 +297,13 @@ class Supervisor:
                          want.spec, want.spec_hash, labels, want.annotations)
         for c in want.spec.containers:
             log_path = self.store.logs_dir / "pods" / f"{want.namespace}_{want.name}_{c.name}.log"
-            pod.containers.append(ContainerProcess(c, log_path))
+            pod.containers.append(ContainerProcess(c.name, netns.netns_exec_argv(pod_ns, c.argv),
+                                                   log_path, container=c))
         self.pods[pod.key] = pod
         self.write_hosts(pod)
         env = pod.env()
         for cp in pod.containers:
-            cp.start(pod.netns, {**env, **dict(cp.container.env)})
+            cp.start({**env, **dict(cp.container.env)})
         log.info("pod %s/%s on %s at %s", pod.namespace, pod.name, node, ip)
 
     def remove_pod(self, pod: PodRuntime) -> None:
@@ -282,8 +314,9 @@ class Supervisor:
         self.pods.pop(pod.key, None)
         log.info("pod %s/%s removed", pod.namespace, pod.name)
 
-    def stop_processes(self, pods: list[PodRuntime]) -> None:
-        procs = [c for p in pods for c in p.containers]
+    def stop_processes(self, pods: list[PodRuntime],
+                       components: list[ComponentRuntime] = ()) -> None:
+        procs = [c for p in pods for c in p.containers] + [c.process for c in components]
         for c in procs:
             c.signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
@@ -304,11 +337,19 @@ class Supervisor:
             for c in pod.containers:
                 if c.poll(now):
                     log.warning("pod %s/%s container %s exited with %s; restart in %.0fs",
-                                pod.namespace, pod.name, c.container.name, c.last_exit,
-                                c.next_start - now)
-                elif c.proc is None and now >= c.next_start:
+                                pod.namespace, pod.name, c.name, c.last_exit, c.next_start - now)
+                elif c.restart_due(now):
                     c.restarts += 1
-                    c.start(pod.netns, {**pod.env(), **dict(c.container.env)})
+                    c.start({**pod.env(), **dict(c.container.env)})
+        for comp in self.components.values():
+            c = comp.process
+            if c.poll(now):
+                comp.healthy = False
+                log.warning("component %s exited with %s; restart in %.0fs", c.name, c.last_exit,
+                            c.next_start - now)
+            elif c.restart_due(now):
+                c.restarts += 1
+                c.start(netns.clean_env(comp.spec.env))
 
     def probe(self) -> bool:
         changed = False
@@ -319,6 +360,13 @@ class Supervisor:
                 netns.tcp_probe(node_ns, pod.ip, port) for port in ports)
             if ready != pod.ready:
                 pod.ready = ready
+                changed = True
+        for comp in self.components.values():
+            spec = comp.spec
+            healthy = comp.process.running and (
+                not spec.ready_port or netns.tcp_probe(spec.netns, spec.ready_host, spec.ready_port))
+            if healthy != comp.healthy:
+                comp.healthy = healthy
                 changed = True
         return changed
 
@@ -383,7 +431,7 @@ class Supervisor:
                 "restarts": sum(c.restarts for c in pod.containers), "owner": pod.owner,
                 "serviceAccount": pod.spec.service_account, "labels": pod.labels,
                 "annotations": pod.annotations,
-                "containers": [{"name": c.container.name, "pid": c.proc.pid if c.proc else None,
+                "containers": [{"name": c.name, "pid": c.proc.pid if c.proc else None,
                                 "restarts": c.restarts, "lastExitCode": c.last_exit,
                                 "log": str(c.log_path)} for c in pod.containers],
             })
@@ -397,13 +445,20 @@ class Supervisor:
                           for p in svc.ports],
                 "endpoints": sorted({f"{e.ip}:{e.port}" for es in eps.values() for e in es}),
             })
+        components = [{"name": c.spec.name, "kind": c.spec.kind, "node": c.spec.node,
+                       "netns": c.spec.netns, "pid": c.process.proc.pid if c.process.proc else None,
+                       "healthy": c.healthy, "restarts": c.process.restarts,
+                       "log": str(c.process.log_path)}
+                      for c in sorted(self.components.values(), key=lambda c: c.spec.name)]
         return {"observedGeneration": self.seen_generation, "pods": pods, "services": services,
-                "supervisor": {"pid": os.getpid()}}
+                "components": components, "supervisor": {"pid": os.getpid()}}
 
     def write_status(self, *, force: bool = False) -> None:
         status = self.status()
         text = json.dumps(status, sort_keys=True)
         if text != self.last_status or force:
+            if text != self.last_status:
+                runtime_objects.write(self.store.root / "runtime", status, self.underlay)
             status["supervisor"]["heartbeat"] = time.time()
             self.store.write_status(status)
             self.last_status = text
@@ -435,7 +490,7 @@ class Supervisor:
                 time.sleep(TICK)
         finally:
             log.info("stopping %d pods", len(self.pods))
-            self.stop_processes(list(self.pods.values()))
+            self.stop_processes(list(self.pods.values()), list(self.components.values()))
             self.write_status(force=True)
         return 0
 

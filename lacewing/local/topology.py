@@ -5,6 +5,7 @@ namespaces, so clusters never see each other and nothing is routed off the host.
 - underlay: 172.18.0.0/16, node i at 172.18.0.(10+i)
 - pods: 10.244.i.0/24 on node i; 10.244.i.1 is the node's gateway address; pods from .2
 - services: cluster IPs from 10.96.0.0/16, starting at 10.96.0.10
+- the control plane: 172.18.0.2 on the underlay bridge, in the fabric namespace
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ipaddress
 UNDERLAY = ipaddress.ip_network("172.18.0.0/16")
 POD_SUPERNET = ipaddress.ip_network("10.244.0.0/16")
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
+CONTROL_PLANE_IP = "172.18.0.2"
 MAX_NODES = 16
 MAX_PODS_PER_NODE = 250
 

@@ -262,3 +262,60 @@ def test_supervisor_death_is_reported(make_cluster):
         time.sleep(0.2)
     assert cluster.status()["phase"] == "Degraded"
     assert not cluster.is_up()
+
+
+def test_components_run_in_their_namespace_and_restart(make_cluster):
+    from lacewing.local.components import ComponentSpec
+
+    cluster = make_cluster(nodes=1)
+    node_ns = cluster.status()["nodes"][0]["netns"]
+    spec = ComponentSpec(name="probe-node0", kind="test", netns=node_ns, node="node0",
+                         argv=("python3", "-m", "http.server", "--bind", "172.18.0.10", "15099"),
+                         ready_port=15099, ready_host="172.18.0.10")
+    folder = cluster.store.root / "components"
+    (folder / "probe-node0.json").write_text(spec.to_json())
+    with cluster.store.locked():
+        gen = cluster.store.bump_generation()
+    cluster.wait_observed(gen, timeout=30)
+
+    def component() -> dict:
+        return next(c for c in cluster.status()["components"] if c["name"] == "probe-node0")
+
+    deadline = time.monotonic() + 30
+    while not component()["healthy"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first = component()
+    assert first["healthy"] and first["node"] == "node0"
+    # It runs inside the node's namespace, so it listens on the node's underlay address.
+    assert netns.tcp_probe(node_ns, "172.18.0.10", 15099)
+    os.killpg(first["pid"], signal.SIGKILL)
+    while (component()["restarts"] < 1 or not component()["healthy"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert component()["restarts"] == 1 and component()["healthy"]
+    assert component()["pid"] != first["pid"]
+
+
+def test_runtime_objects_mirror_pods_for_the_control_plane(make_cluster, tmp_path):
+    import yaml
+
+    cluster = make_cluster(nodes=2)
+    cluster.apply([_write(tmp_path, "web.yaml", WEB)])
+    pods = cluster.wait_ready()
+    folder = cluster.store.root / "runtime"
+
+    def read() -> list[dict]:
+        return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
+
+    deadline = time.monotonic() + 10
+    while sum(o["kind"] == "Pod" and o["status"]["conditions"][0]["status"] == "True"
+              for o in read()) < len(pods) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    objs = read()
+    by_kind = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], []).append(o)
+    assert sorted(n["metadata"]["name"] for n in by_kind["Node"]) == ["node0", "node1"]
+    assert sorted(p["status"]["podIP"] for p in by_kind["Pod"]) == sorted(p["ip"] for p in pods)
+    web = [p for p in by_kind["Pod"] if p["metadata"]["labels"].get("app") == "web"]
+    assert all(p["status"]["conditions"] == [{"type": "Ready", "status": "True"}] for p in web)
+    assert {p["status"]["hostIP"] for p in web} == {"172.18.0.10", "172.18.0.11"}

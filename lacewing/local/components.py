@@ -1,0 +1,55 @@
+"""The mesh's own processes in a local cluster: control plane, node agents, waypoints.
+
+Before: a cluster record (`cluster.json`) and its state directory. After: `ComponentSpec`s that
+the supervisor runs like containers — in a node namespace or the fabric namespace, through
+`nsenter --net=` (so bpffs stays visible), restarted with backoff, listed in status with their
+pid and health.
+
+`default_components(record, state_dir)` is the one list of what `local up` runs; each part adds
+itself here as it is built. A spec may also be written by a command (for example `lacewing
+waypoint apply`) as `components/<name>.json` in the state directory; the supervisor picks those
+up on the next generation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str            # unique in the cluster, e.g. "control-plane", "node-agent-node0"
+    kind: str            # "control-plane" | "node-agent" | "waypoint" | …
+    netns: str           # the namespace it runs in (node or fabric)
+    argv: tuple[str, ...]
+    node: str = ""       # the node it belongs to, if any
+    env: dict[str, str] = field(default_factory=dict)
+    ready_port: int = 0  # healthy when this TCP port accepts connections (0: when running)
+    ready_host: str = "127.0.0.1"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComponentSpec:
+        return cls(**{**data, "argv": tuple(data["argv"]), "env": dict(data.get("env") or {})})
+
+
+def default_components(record: dict[str, Any], state_dir: Path) -> list[ComponentSpec]:
+    """What every local cluster runs. Empty until the control plane and node agent exist."""
+    return []
+
+
+def read_components(state_dir: Path) -> list[ComponentSpec]:
+    out = []
+    folder = state_dir / "components"
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                out.append(ComponentSpec.from_dict(json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+    return out
