@@ -7,13 +7,13 @@ pod makes it leave again in `finally`, so the tests do not depend on their order
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from tests.bpf.conftest import _pod
 from tests.bpf.netapps import ask_who, connect, transfer
+from tests.bpf.topology import sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -186,4 +186,43 @@ def test_node_tunnel_port_is_never_sent_to_the_plaintext_listener(topo, dp, rela
         assert relay.drain() == []
     finally:
         dp.leave(_pod(b))
-    assert isinstance(socket.AF_INET, int)
+
+
+def test_install_enroll_and_leave_are_idempotent(topo, dp, relay, servers):
+    a, _b, _c, d, _e = pods(topo)
+    node_ns = topo.nodes[0].name
+    dp.install()
+    dp.install()
+    dp.enroll(_pod(a))
+    first_id = dp.enroll(_pod(a))
+    try:
+        assert dp.enrolled() == {a.ip: {"pod_id": first_id, "ifindex": dp._ifindex(a.veth)}}
+        filters = sh("tc", "-n", node_ns, "filter", "show", "dev", a.veth, "ingress")
+        assert [ln for ln in filters.splitlines() if "handle" in ln] == [
+            ln for ln in filters.splitlines() if "handle" in ln and "lw_pod_out" in ln]
+        assert len([ln for ln in filters.splitlines() if "handle" in ln]) == 1
+        rules = sh("ip", "-n", node_ns, "rule", "show")
+        assert rules.count(f"lookup {0x4C57}") == 1
+        relay.drain()
+        ask_who(a.name, d.ip, 8080)
+        assert relay.next()["listener"] == 15001
+    finally:
+        dp.leave(_pod(a))
+        dp.leave(_pod(a))
+    assert dp.enrolled() == {}
+    filters = sh("tc", "-n", node_ns, "filter", "show", "dev", a.veth, "ingress")
+    assert "lw_inbound" in filters and "lw_pod_out" not in filters
+
+
+def test_stats_count_captures(topo, dp, relay, servers):
+    a, _b, _c, d, _e = pods(topo)
+    before = dp.stats()
+    dp.enroll(_pod(a))
+    try:
+        ask_who(a.name, d.ip, 8080)
+        relay.next()
+    finally:
+        dp.leave(_pod(a))
+    after = dp.stats()
+    assert after["captured_outbound"] == before["captured_outbound"] + 1
+    assert after["flows_opened"] >= before["flows_opened"] + 1
