@@ -192,7 +192,7 @@ def _http_route(route: dict[str, Any], path: list[Any], r: _Report) -> None:
                 if key == "headers":
                     _check_header_name(name, [*mpath, key, name], r)
                 _check_string_match(sm, [*mpath, key, name], r)
-    destinations = _list(route, "route")
+    destinations = [(i, d) for i, d in _list(route, "route") if isinstance(d, dict)]
     weights = [d.get("weight") for _, d in destinations if isinstance(d, dict)]
     for i, dest in destinations:
         dpath = [*path, "route", i]
@@ -359,8 +359,8 @@ def _authz_rule(rule: dict[str, Any], path: list[Any], r: _Report) -> None:
     for i, item in _list(rule, "from"):
         source = item.get("source") if isinstance(item, dict) else None
         spath = [*path, "from", i, "source"]
-        if not isinstance(source, dict) or not source:
-            r.invalid(spath, "from needs a source with at least one field")
+        if not isinstance(source, dict) or not any(source.values()):
+            r.invalid(spath, "from needs a source with at least one non-empty field")
             continue
         for key, values in source.items():
             if not isinstance(values, list):
@@ -380,8 +380,8 @@ def _authz_rule(rule: dict[str, Any], path: list[Any], r: _Report) -> None:
     for i, item in _list(rule, "to"):
         operation = item.get("operation") if isinstance(item, dict) else None
         opath = [*path, "to", i, "operation"]
-        if not isinstance(operation, dict) or not operation:
-            r.invalid(opath, "to needs an operation with at least one field")
+        if not isinstance(operation, dict) or not any(operation.values()):
+            r.invalid(opath, "to needs an operation with at least one non-empty field")
             continue
         for key, values in operation.items():
             if not isinstance(values, list):

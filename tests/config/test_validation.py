@@ -332,7 +332,7 @@ def test_authorization_policy_invalid_values():
                        "when": [{"key": "source.colour", "values": ["x"]}, {"key": "source.ip"}]}]}
     d = ap(spec)
     assert_invalid_at(d, "spec.rules[0].from[0].source.ipBlocks[0]", "CIDR")
-    assert_invalid_at(d, "spec.rules[0].from[1].source", "at least one field")
+    assert_invalid_at(d, "spec.rules[0].from[1].source", "non-empty field")
     assert_invalid_at(d, "spec.rules[0].to[0].operation.ports[0]", "1 and 65535")
     assert_invalid_at(d, "spec.rules[0].when[0].key", "unknown condition key")
     assert_invalid_at(d, "spec.rules[0].when[1]", "needs values")
