@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SCHEMA = "lacewing.dev/sample-app-load/v1"
 
@@ -171,60 +171,61 @@ def _counts(counts: dict[str, int]) -> str:
     return "  ".join(f"{k}: {v}" for k, v in counts.items())
 
 
-@dataclass
 class Recorder:
-    """Thread-safe collector of outcomes; `report()` freezes them into a `LoadReport`."""
+    """Thread-safe tally of outcomes, kept as counters (not one object per request) so that
+    long runs stay small; `report()` freezes it into a `LoadReport`."""
 
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _outcomes: list[Outcome] = field(default_factory=list)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempted = 0
+        self._sent = 0
+        self._statuses: Counter[int] = Counter()
+        self._errors: dict[str, int] = {kind: 0 for kind in ERROR_KINDS}
+        self._samples: dict[str, str] = {}
+        self._pods: Counter[str] = Counter()
+        self._versions: Counter[str] = Counter()
+        self._pod_statuses: defaultdict[str, Counter[int]] = defaultdict(Counter)
+        self._latencies: list[float] = []
+        self._unidentified = 0
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, o: Outcome) -> None:
         with self._lock:
-            self._outcomes.append(outcome)
+            self._attempted += 1
+            self._sent += o.sent
+            if o.status is not None:
+                self._statuses[o.status] += 1
+                if o.latency is not None:
+                    self._latencies.append(o.latency)
+                if o.pod is not None:
+                    self._pods[o.pod] += 1
+                    self._pod_statuses[o.pod][o.status] += 1
+                else:
+                    self._unidentified += 1
+                if o.version is not None:
+                    self._versions[o.version] += 1
+            elif o.error is not None:
+                self._errors[o.error] = self._errors.get(o.error, 0) + 1
+                self._samples.setdefault(o.error, o.error_detail)
 
     def report(
         self, *, url: str, method: str, concurrency: int, keepalive: bool,
         target_rate: float | None, duration: float, interrupted: bool = False,
     ) -> LoadReport:
         with self._lock:
-            outcomes = list(self._outcomes)
-        statuses: Counter[int] = Counter()
-        errors: dict[str, int] = {kind: 0 for kind in ERROR_KINDS}
-        samples: dict[str, str] = {}
-        pods: Counter[str] = Counter()
-        versions: Counter[str] = Counter()
-        pod_statuses: defaultdict[str, Counter[int]] = defaultdict(Counter)
-        latencies: list[float] = []
-        unidentified = 0
-        for o in outcomes:
-            if o.status is not None:
-                statuses[o.status] += 1
-                if o.latency is not None:
-                    latencies.append(o.latency)
-                if o.pod is not None:
-                    pods[o.pod] += 1
-                    pod_statuses[o.pod][o.status] += 1
-                else:
-                    unidentified += 1
-                if o.version is not None:
-                    versions[o.version] += 1
-            elif o.error is not None:
-                errors[o.error] = errors.get(o.error, 0) + 1
-                samples.setdefault(o.error, o.error_detail)
-        return LoadReport(
-            url=url, method=method, concurrency=concurrency, keepalive=keepalive,
-            target_rate=target_rate,
-            attempted=len(outcomes),
-            sent=sum(1 for o in outcomes if o.sent),
-            answered=sum(statuses.values()),
-            duration=duration,
-            statuses=dict(statuses),
-            errors=errors,
-            error_samples={k: samples[k] for k in ERROR_KINDS if k in samples},
-            latency=summarize_latency(latencies),
-            pods=dict(pods),
-            versions=dict(versions),
-            pod_statuses={p: dict(c) for p, c in pod_statuses.items()},
-            unidentified=unidentified,
-            interrupted=interrupted,
-        )
+            return LoadReport(
+                url=url, method=method, concurrency=concurrency, keepalive=keepalive,
+                target_rate=target_rate,
+                attempted=self._attempted,
+                sent=self._sent,
+                answered=sum(self._statuses.values()),
+                duration=duration,
+                statuses=dict(self._statuses),
+                errors=dict(self._errors),
+                error_samples={k: self._samples[k] for k in ERROR_KINDS if k in self._samples},
+                latency=summarize_latency(self._latencies),
+                pods=dict(self._pods),
+                versions=dict(self._versions),
+                pod_statuses={p: dict(c) for p, c in self._pod_statuses.items()},
+                unidentified=self._unidentified,
+                interrupted=interrupted,
+            )

@@ -37,6 +37,7 @@ from lacewing.sample_app.behaviour import (
 from lacewing.sample_app.identity import Identity
 
 IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle before the server closes it
+LATE_CONNECTION_TIMEOUT = 1.0  # seconds a connection accepted as a stop begins may stay silent
 MAX_BODY = 64 * 1024 * 1024  # request bodies above this are refused (413)
 SERVER_NAME = "lacewing-sample-app"
 _PEER_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
@@ -286,6 +287,10 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._state:
             self._handlers.add(handler)
             self.connections_accepted += 1
+            if self.draining:
+                # Accepted just before the stop: serve a request the client already sent, but
+                # do not wait long for one.
+                handler.connection.settimeout(LATE_CONNECTION_TIMEOUT)
 
     def untrack(self, handler: _Handler) -> None:
         with self._state:
@@ -301,6 +306,10 @@ class _HTTPServer(ThreadingHTTPServer):
     def end_request(self, handler: _Handler) -> None:
         with self._state:
             handler._busy = False
+            if self.draining:
+                # The stop began while this request ran: drain() skipped this busy connection,
+                # so it must not go back to waiting for another request.
+                handler.close_connection = True
             self._in_flight -= 1
             self.requests_served += 1
             self._state.notify_all()
