@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control.config.analyze import analyze, skipped_checks, inventory
+from control.config.analyze import analyze, inventory, skipped_checks
 from control.config.errors import WARNING
 from control.config.loader import load_documents
 from control.config.validate import validate_documents
