@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(python3-bpfcc bpfcc-tools iproute2 nftables iptables wrk iperf3 haproxy socat
-      prometheus nginx-light hey linux-headers-amd64 procps psmisc)
+      prometheus nginx-light hey linux-headers-amd64 procps psmisc curl openssl util-linux)
 say() { printf 'setup: %s\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then
