@@ -65,7 +65,7 @@ def is_mesh(obj: dict[str, Any]) -> bool:
 def _validate_mesh(docs: list[Document]) -> list[Problem]:
     """Mesh kinds are validated by the configuration model (control.config), exactly."""
     try:
-        from control.config import validate_documents  # type: ignore[attr-defined]
+        from control.config.validate import validate_documents
     except ImportError:
         return [Problem(d.file, d.index, "kind", "mesh configuration is not validated by this "
                         "build yet", INVALID) for d in docs]

@@ -141,3 +141,26 @@ def test_hosts_file_short_names_only_in_own_namespace():
                                 services=entries)
     assert "10.96.0.10\tweb.default.svc.cluster.local web.default.svc web.default web\n" in text
     assert "10.96.0.11\tcart.shop.svc.cluster.local cart.shop.svc cart.shop\n" in text
+
+
+VS = b"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [hello]
+  http:
+  - route:
+    - destination: {host: hello, subset: v1}
+      weight: 90
+    - destination: {host: hello, subset: v2}
+      weight: %d
+"""
+
+
+def test_mesh_config_is_validated_by_the_config_model():
+    plan = plan_apply(load_documents(VS % 10, name="vs.yaml"), {}, nodes=["n"])
+    assert not plan.errors
+    assert plan.write[0]["metadata"]["namespace"] == "default"
+    bad = plan_apply(load_documents(VS % 20, name="vs.yaml"), {}, nodes=["n"])
+    assert [(p.file, p.index) for p in bad.errors] == [("vs.yaml", 0)]
+    assert "spec.http[0].route" in bad.errors[0].path and bad.write == []
