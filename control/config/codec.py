@@ -17,12 +17,12 @@ import functools
 import typing
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
-from types import MappingProxyType, NoneType, UnionType
+from types import NoneType, UnionType
 from typing import Any
 
 from control.config.durations import format_duration, parse_duration
 from control.config.errors import INVALID, UNSUPPORTED
-from control.config.model import ObjectMeta, Resource, Source
+from control.config.model import FrozenMap, ObjectMeta, Resource, Source
 from control.config.schema import format_path
 
 TOP_LEVEL_KEYS = frozenset({"apiVersion", "kind", "status"})
@@ -144,7 +144,7 @@ def decode(cls: type, value: Any) -> Any:
         return tuple(decode(item_tp, v) for v in value)
     if origin in (Mapping, dict):
         key_tp, value_tp = typing.get_args(tp)
-        return MappingProxyType({key_tp(k): decode(value_tp, v) for k, v in value.items()})
+        return FrozenMap({key_tp(k): decode(value_tp, v) for k, v in value.items()})
     if tp is timedelta:
         return parse_duration(value)
     if tp is float:
@@ -222,3 +222,36 @@ def _unsupported(tp: Any, schema: dict[str, Any], prefix: str) -> Iterator[str]:
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
             yield from _unsupported(typing.get_args(tp)[1], extra, prefix + "{}")
+
+
+def supported_fields(cls: type) -> Iterator[str]:
+    """Every field the model implements under `cls` (leaves and objects), as `a.b[].c` paths."""
+    yield from _supported(cls, "")
+
+
+def _supported(tp: Any, prefix: str) -> Iterator[str]:
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if tp is ObjectMeta:
+            return
+        for key, (f, ftp) in _fields(tp).items():
+            path = f"{prefix}.{key}" if prefix else key
+            if f.metadata.get("codec") == "comma-list":
+                yield path
+                continue
+            inner = _unwrap_optional(ftp)
+            nested = dataclasses.is_dataclass(inner) or typing.get_origin(inner) in (tuple, Mapping, dict)
+            if not nested or inner is ObjectMeta:
+                yield path
+            yield from _supported(ftp, path)
+    elif origin is tuple:
+        item = typing.get_args(tp)[0]
+        if not dataclasses.is_dataclass(item):
+            yield prefix + "[]"
+        yield from _supported(item, prefix + "[]")
+    elif origin in (Mapping, dict):
+        value = typing.get_args(tp)[1]
+        if not dataclasses.is_dataclass(value):
+            yield prefix + "{}"
+        yield from _supported(value, prefix + "{}")

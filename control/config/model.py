@@ -11,21 +11,54 @@ adding its field here, implementing it, and regenerating the list.
 
 Attribute names are snake_case; the Istio JSON name is the camelCase of it unless a field says
 otherwise (`metadata={"key": ...}`). `None` means "not set" (Istio's default applies); empty
-tuples and mappings mean "none given". Durations are `timedelta`. Mappings are read-only.
+tuples and mappings mean "none given". Durations are `timedelta`. Mappings are `FrozenMap`
+(read-only, hashable), so every resource is hashable and comparable.
 `to_dict()` on a resource gives the canonical Istio-shaped dict (preferred API version).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 
+class FrozenMap(Mapping):
+    """A read-only, hashable mapping, so that resources can be set members and dict keys."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Any = ()) -> None:
+        object.__setattr__(self, "_data", dict(data))
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self._data == dict(other.items())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenMap is read-only")
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
+EMPTY_MAP = FrozenMap()
+
+
 def _map() -> Any:
-    return field(default_factory=lambda: MappingProxyType({}))
+    return field(default=EMPTY_MAP)
 
 
 def _key(name: str, default: Any = None) -> Any:

@@ -83,7 +83,8 @@ def document_schema(group: str, version: str, kind: str) -> dict[str, Any]:
     props["kind"] = {"type": "string"}
     props["metadata"] = METADATA_SCHEMA
     props.setdefault("spec", {"type": "object"})
-    schema["required"] = ["apiVersion", "kind", "metadata", "spec"]
+    # Istio does not require spec (an AuthorizationPolicy without one allows nothing).
+    schema["required"] = sorted({"apiVersion", "kind", "metadata", *schema.get("required", [])})
     return schema
 
 

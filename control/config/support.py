@@ -41,8 +41,22 @@ def unsupported_kinds() -> list[str]:
     return sorted(f"{kind} ({group})" for group, kind in schema.crd_schemas() if (group, kind) not in implemented)
 
 
+def supported_field_list() -> dict[str, list[str]]:
+    """{kind: [field path, ...]}: what the model implements (metadata: name, namespace, labels,
+    annotations)."""
+    return {cls.KIND: [p for p in codec.supported_fields(cls) if p != "metadata"] for cls in RESOURCE_KINDS}
+
+
 def markdown() -> str:
     lines = [BEGIN, ""]
+    lines.append("**Implemented** (everything else is refused as unsupported or unknown; `[]` is a "
+                 "list item, `{}` a map value):")
+    lines.append("")
+    for kind, paths in supported_field_list().items():
+        lines.append(f"- **{kind}**: " + ", ".join(f"`{p}`" for p in paths))
+    lines.append("")
+    lines.append("**Not implemented yet.**")
+    lines.append("")
     lines.append("Kinds refused as unsupported: " + ", ".join(unsupported_kinds()) + ".")
     lines.append("")
     for kind, paths in unsupported_field_list().items():

@@ -40,3 +40,32 @@ def test_the_packaged_schema_is_istios_published_file():
     packaged = REPO / "control" / "config" / "schemas" / "crd-all.gen.yaml"
     assert filecmp.cmp(packaged, conformance_dir() / "schema" / "crd-all.gen.yaml", shallow=False)
     assert (packaged.parent / "LICENSE").is_file()
+
+
+def _schema_at(node, path: str):
+    for part in path.replace("[]", ".[]").replace("{}", ".{}").split("."):
+        if part == "[]":
+            node = node["items"]
+        elif part == "{}":
+            node = node["additionalProperties"]
+        else:
+            node = node["properties"][part]
+    return node
+
+
+def test_every_implemented_field_exists_in_every_served_schema():
+    # A model attribute whose JSON name is misspelt would make the real field "unsupported".
+    for cls in RESOURCE_KINDS:
+        for version in cls.VERSIONS:
+            doc_schema = schema.document_schema(cls.GROUP, version, cls.KIND)
+            for path in support.supported_field_list()[cls.KIND]:
+                assert _schema_at(doc_schema, path) is not None, (cls.KIND, version, path)
+
+
+def test_resources_are_hashable_values():
+    from control.config.loader import load_documents
+    from control.config.validate import validate_documents
+
+    text = (conformance_dir() / "api-examples" / "peer_authentication.yaml").read_bytes()
+    resources, _ = validate_documents(load_documents(text))
+    assert len({*resources, *resources}) == len(set(resources)) > 1
