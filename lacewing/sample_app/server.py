@@ -119,12 +119,13 @@ class _Handler(BaseHTTPRequestHandler):
         if plan.delay > 0:
             interruption = self._wait(plan.delay)
             if interruption:
-                self._drop("reset")
                 self.server.log_request_line(self, None, plan, note=interruption)
+                self._drop("reset")
                 return
         if plan.closes:
-            self._drop(plan.close_mode)
+            # Logged first, so that by the time the client sees the outcome the line exists.
             self.server.log_request_line(self, None, plan)
+            self._drop(plan.close_mode)
             return
         self._answer(plan, body_bytes=body_bytes, headers=headers)
 
@@ -160,9 +161,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.request_version == "HTTP/1.0":
             head.append("Connection: keep-alive")
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace")
+        self.server.log_request_line(self, plan.status, plan)  # before the answer, as above
         # Head and body in one write, so a small answer leaves in one segment.
         self.wfile.write(data if no_body else data + payload)
-        self.server.log_request_line(self, plan.status, plan)
 
     def _wait(self, delay: float) -> str | None:
         """Sleep `delay` seconds; stop early, saying why, if the server aborts or the client
