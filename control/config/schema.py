@@ -74,10 +74,30 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
     return found
 
 
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1),
+               "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1)}
+
+
+def _openapi_to_draft4(node: Any) -> Any:
+    """OpenAPI's `nullable` and integer formats, said in Draft 4 terms (as the API server reads them)."""
+    if isinstance(node, dict):
+        node = {k: _openapi_to_draft4(v) for k, v in node.items()}
+        if node.get("nullable") is True and isinstance(node.get("type"), str):
+            node["type"] = [node["type"], "null"]
+        if node.get("type") in ("integer", ["integer", "null"]) and node.get("format") in _INT_RANGES:
+            low, high = _INT_RANGES[node["format"]]
+            node.setdefault("minimum", low)
+            node.setdefault("maximum", high)
+        return node
+    if isinstance(node, list):
+        return [_openapi_to_draft4(v) for v in node]
+    return node
+
+
 @functools.cache
 def document_schema(group: str, version: str, kind: str) -> dict[str, Any]:
     """The whole-document schema: the CRD's, with apiVersion, kind and metadata filled in."""
-    schema = copy.deepcopy(crd_schemas()[(group, kind)][version])
+    schema = _openapi_to_draft4(copy.deepcopy(crd_schemas()[(group, kind)][version]))
     props = schema.setdefault("properties", {})
     props["apiVersion"] = {"type": "string"}
     props["kind"] = {"type": "string"}

@@ -204,7 +204,7 @@ def _http_route(route: dict[str, Any], path: list[Any], r: _Report) -> None:
     total = sum(w for w in weights if isinstance(w, int))
     if len(destinations) > 1 and total != 100:
         r.invalid([*path, "route"], f"route weights must sum to 100, not {total}")
-    elif len(destinations) == 1 and weights and weights[0] not in (None, 0, 100):
+    elif len(destinations) == 1 and isinstance(weights[0], int) and 0 < weights[0] < 100:
         r.invalid([*path, "route", 0, "weight"],
                   f"a single destination takes all traffic: weight must be 100 or omitted, not {weights[0]}")
     rewrite = route.get("rewrite")

@@ -64,7 +64,9 @@ def validate_document(doc: Document) -> tuple[Resource | None, list[Problem]]:
         structural = schema.structural_problems(doc.obj, group, version, kind)
         found.extend((path, INVALID, message) for path, message in structural)
         found.extend(codec.field_problems(doc.obj, cls, schema.document_schema(group, version, kind)))
-        found.extend(semantics.semantic_problems(kind, doc.obj))
+        # One message per field: a semantic rule is not repeated where the schema already spoke.
+        spoken = {path for path, _ in structural}
+        found.extend(p for p in semantics.semantic_problems(kind, doc.obj) if p[0] not in spoken)
         if not any(k in (INVALID, UNSUPPORTED) for _, k, _ in found):
             try:
                 resource = codec.decode_resource(cls, doc.obj, source=Source(doc.file, doc.index))
