@@ -61,6 +61,21 @@ class Server:
                     n = min(reply, len(block))
                     conn.sendall(block[:n])
                     reply -= n
+            elif line[:1] == ["exact"]:
+                left = int(line[1])
+                while left > 0:
+                    chunk = f.read1(min(left, 262144))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
+                reply = int(line[2])
+                block = b"r" * 65536
+                while reply > 0:
+                    n = min(reply, len(block))
+                    conn.sendall(block[:n])
+                    reply -= n
+                while f.read1(65536):           # the client closes first
+                    pass
             elif line[:1] == ["hold"]:
                 while f.read1(65536):
                     conn.sendall(b"k")
@@ -88,21 +103,33 @@ def ask_who(ns: str, ip: str, port: int, *, timeout: float = 3.0) -> tuple[str, 
     return data.decode().strip(), mine
 
 
-def transfer(ns: str, ip: str, port: int, *, send: int, receive: int) -> tuple[int, tuple]:
-    """Send `send` bytes, then read the server's `receive` bytes until EOF. Returns (bytes
-    received, our address)."""
+def transfer(ns: str, ip: str, port: int, *, send: int, receive: int,
+             exact: bool = False) -> tuple[int, tuple]:
+    """Send `send` bytes (header included), then read the server's `receive` bytes until EOF.
+    With exact=True nobody relies on a half-close: the server reads exactly what is sent, the
+    client reads exactly `receive` bytes and closes. Returns (bytes received, our address)."""
     with connect(ns, ip, port, timeout=10) as s:
         mine = s.getsockname()
-        s.sendall(f"sink {receive}\n".encode())
-        header = len(f"sink {receive}\n")
+        head = f"sink {receive}\n"
+        if exact:                               # the body is what follows the header line
+            body = send
+            for _ in range(3):
+                head = f"exact {body} {receive}\n"
+                body = send - len(head)
+        s.sendall(head.encode())
+        header = len(head)
         block = b"s" * 65536
         left = send - header
         while left > 0:
             n = min(left, len(block))
             s.sendall(block[:n])
             left -= n
-        s.shutdown(socket.SHUT_WR)
         got = 0
+        if exact:
+            while got < receive and (chunk := s.recv(min(262144, receive - got))):
+                got += len(chunk)
+            return got, mine
+        s.shutdown(socket.SHUT_WR)
         while chunk := s.recv(262144):
             got += len(chunk)
     return got, mine
@@ -112,10 +139,12 @@ class Relay:
     """tests/bpf/relay.py in a node namespace."""
 
     def __init__(self, node_ns: str, ports: tuple[int, ...] = (15001, 15006), *,
-                 upstream: bool = True):
+                 upstream: bool = True, sockmap: bool = False):
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        args = ["nsenter", f"--net=/run/netns/{node_ns}", sys.executable, str(RELAY),
-                *map(str, ports)] + ([] if upstream else ["--no-upstream"])
+        env["PYTHONPATH"] = str(RELAY.resolve().parents[2])
+        args = (["nsenter", f"--net=/run/netns/{node_ns}", sys.executable, str(RELAY),
+                 *map(str, ports)] + ([] if upstream else ["--no-upstream"])
+                + (["--sockmap"] if sockmap else []))
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env)
         self.accepted: queue.Queue = queue.Queue()

@@ -1,12 +1,16 @@
 """A small transparent relay standing in for the node tunnel in the datapath tests.
 
-    nsenter --net=/run/netns/<node> python tests/bpf/relay.py 15001 15006 [--no-upstream]
+    nsenter --net=/run/netns/<node> python tests/bpf/relay.py 15001 15006 [--no-upstream|--sockmap]
 
 Before: runs in a node namespace where the datapath steers captured connections to these ports.
 After: listens on each port with IP_TRANSPARENT; for every accepted connection prints one JSON
 line {"listener", "local", "peer"} — `local` is the original destination the eBPF capture kept —
 then connects to that original destination from the node and copies bytes both ways (or, with
---no-upstream, closes). Prints "ready" once listening; exits on SIGTERM or when stdin closes.
+--no-upstream, closes). With --sockmap (one connection at a time) the two sockets are put in
+a sockmap whose sk_skb verdict program redirects each one's bytes to the other inside the
+kernel, as the tunnel's same-node splice will: only bytes that arrived before the sockets
+entered the map pass through user space, and a last JSON line per connection says how many
+({"copied": n}). Prints "ready" once listening; exits on SIGTERM or when stdin closes.
 """
 
 from __future__ import annotations
@@ -35,6 +39,83 @@ def pipe(src: socket.socket, dst: socket.socket) -> None:
             pass
 
 
+SPLICE_C = r"""
+#include <uapi/linux/bpf.h>
+int lw_t_verdict(struct __sk_buff *skb)
+{
+    /* slot 0: the accepted socket (local port = original destination port), slot 1: upstream */
+    __u32 to = skb->local_port == DPORT ? 1 : 0;
+    return bpf_sk_redirect_map(skb, (void *)bpf_pseudo_fd(1, MAPFD), to, 0);
+}
+"""
+
+
+class Splicer:
+    """One BPF sockmap + sk_skb verdict program per destination port (test only: uses BCC)."""
+
+    def __init__(self, dport: int):
+        from bcc import BPF
+
+        from node_agent.bpf.syscall import Map, map_create, prog_attach
+
+        # BCC 0.26 has no sk_redirect_map method for sockmaps: make the map here and hand
+        # its fd to the C as a pseudo map fd
+        self.map = Map(map_create(map_type=15, key_size=4, value_size=4, max_entries=2,
+                                  name="lw_t_pair"))
+        self.bpf = BPF(text=SPLICE_C.encode(),
+                       cflags=[f"-DDPORT={dport}", f"-DMAPFD={self.map.fd}"])
+        fn = self.bpf.load_func(b"lw_t_verdict", BPF.SK_SKB)
+        prog_attach(target_fd=self.map.fd, prog_fd=fn.fd, attach_type=5)  # STREAM_VERDICT
+
+    def pair(self, conn: socket.socket, up: socket.socket) -> None:
+        self.map.update((0).to_bytes(4, "little"), conn.fileno().to_bytes(4, "little"))
+        self.map.update((1).to_bytes(4, "little"), up.fileno().to_bytes(4, "little"))
+
+    def unpair(self) -> None:
+        self.map.delete((0).to_bytes(4, "little"))
+        self.map.delete((1).to_bytes(4, "little"))
+
+
+def pipe_counting(src: socket.socket, dst: socket.socket, counter: list) -> None:
+    try:
+        while True:
+            try:
+                data = src.recv(262144)
+            except BlockingIOError:
+                # a socket in a sockmap wakes its reader for bytes the verdict program sent
+                # elsewhere, and then says EAGAIN even when blocking: wait again
+                continue
+            if not data:
+                break
+            counter.append(len(data))
+            dst.sendall(data)
+    except OSError as e:
+        print(f"relay: {src.getsockname()} -> {dst.getsockname()}: {e}", file=sys.stderr)
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def serve_spliced(conn: socket.socket, lock: threading.Lock) -> None:
+    local = conn.getsockname()
+    up = socket.create_connection(local, timeout=5)
+    up.settimeout(None)
+    splicer = Splicer(local[1])
+    splicer.pair(conn, up)
+    copied: list[int] = []
+    t = threading.Thread(target=pipe_counting, args=(up, conn, copied), daemon=True)
+    t.start()
+    pipe_counting(conn, up, copied)
+    t.join()
+    splicer.unpair()
+    with lock:
+        print(json.dumps({"copied": sum(copied)}), flush=True)
+    conn.close()
+    up.close()
+
+
 def serve(conn: socket.socket, upstream: bool) -> None:
     local = conn.getsockname()
     if not upstream:
@@ -54,7 +135,7 @@ def serve(conn: socket.socket, upstream: bool) -> None:
     up.close()
 
 
-def listen(port: int, upstream: bool, lock: threading.Lock) -> socket.socket:
+def listen(port: int, upstream: bool, lock: threading.Lock, spliced: bool = False) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
@@ -67,7 +148,10 @@ def listen(port: int, upstream: bool, lock: threading.Lock) -> socket.socket:
             with lock:
                 print(json.dumps({"listener": port, "local": list(conn.getsockname()),
                                   "peer": list(peer)}), flush=True)
-            threading.Thread(target=serve, args=(conn, upstream), daemon=True).start()
+            if spliced:
+                threading.Thread(target=serve_spliced, args=(conn, lock), daemon=True).start()
+            else:
+                threading.Thread(target=serve, args=(conn, upstream), daemon=True).start()
 
     threading.Thread(target=loop, daemon=True).start()
     return s
@@ -75,10 +159,11 @@ def listen(port: int, upstream: bool, lock: threading.Lock) -> socket.socket:
 
 def main(argv: list[str]) -> int:
     upstream = "--no-upstream" not in argv
+    spliced = "--sockmap" in argv
     ports = [int(a) for a in argv if not a.startswith("--")]
     lock = threading.Lock()
     for p in ports:
-        listen(p, upstream, lock)
+        listen(p, upstream, lock, spliced)
     print("ready", flush=True)
     sys.stdin.read()        # the test closes stdin (or kills us) to stop
     return 0
