@@ -131,13 +131,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, plan: Plan, *, body_bytes: int, headers: list | None = None) -> None:
         assert plan.status is not None
+        if headers is None:  # a request that failed to parse may have none
+            parsed = getattr(self, "headers", None)
+            headers = list(parsed.items()) if parsed is not None else []
         doc = response_document(
             identity=self.server.identity,
             plan=plan,
-            method=self.command,
-            target=self.path,
+            method=self.command or "",
+            target=getattr(self, "path", ""),
             protocol=self.request_version,
-            headers=headers if headers is not None else list(self.headers.items()),
+            headers=headers,
             client=_format_address(self.client_address),
             local_ip=self.connection.getsockname()[0],
             body_bytes=body_bytes,
@@ -164,6 +167,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.log_request_line(self, plan.status, plan)  # before the answer, as above
         # Head and body in one write, so a small answer leaves in one segment.
         self.wfile.write(data if no_body else data + payload)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's malformed-request answers, as JSON like every other answer."""
+        self.close_connection = True
+        error = message or explain or _reason_phrase(code)
+        self._answer(Plan(status=code, delay=0.0, failed=False, reason="bad-request", error=error),
+                     body_bytes=0)
 
     def _wait(self, delay: float) -> str | None:
         """Sleep `delay` seconds; stop early, saying why, if the server aborts or the client

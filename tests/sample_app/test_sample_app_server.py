@@ -148,7 +148,7 @@ def _raw_exchange(server, request: bytes) -> bytes | Exception:
             while chunk := sock.recv(65536):
                 data += chunk
         except OSError as exc:
-            return exc
+            return data or exc  # an answer followed by a reset still counts as the answer
         return data
 
 
@@ -277,3 +277,21 @@ def test_stop_under_load_drains_cleanly(start_server):
     finally:
         done.set()
         client.join(30)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [(b"BLAH\r\n\r\n", 400), (b"GET / HTTP/9.9\r\n\r\n", 505),
+     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+     (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414)],
+)
+def test_malformed_requests_get_a_json_error_and_a_closed_connection(start_server, request_bytes, status):
+    server = start_server()
+    data = _raw_exchange(server, request_bytes)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert b"Connection: close" in head
+    doc = json.loads(body)
+    assert (doc["status"], doc["reason"], doc["pod"]) == (status, "bad-request", "web-1")
+    assert doc["error"]
