@@ -137,6 +137,31 @@ class LoadReport:
             "unidentified": self.unidentified,
         }
 
+    @classmethod
+    def from_json(cls, doc: dict) -> LoadReport:
+        """The report that `to_json()` wrote — e.g. the output of `load -o json` run in a pod's
+        network namespace. ValueError if `doc` is not of this schema."""
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+            raise ValueError(f"not a load report of schema {SCHEMA} (got {got!r})")
+        lat = doc["latency_ms"]
+        return cls(
+            url=doc["url"], method=doc["method"], concurrency=doc["concurrency"],
+            keepalive=doc["keepalive"], target_rate=doc["target_rate"],
+            attempted=doc["attempted"], sent=doc["sent"], answered=doc["answered"],
+            duration=doc["duration_s"],
+            statuses={int(k): v for k, v in doc["status"].items()},
+            errors=dict(doc["errors"]),
+            error_samples=dict(doc["error_samples"]),
+            latency=None if lat is None else Latency(
+                min=lat["min"], mean=lat["mean"], p50=lat["p50"], p90=lat["p90"], p99=lat["p99"], max=lat["max"]),
+            pods=dict(doc["pods"]),
+            versions=dict(doc["versions"]),
+            pod_statuses={p: {int(k): v for k, v in c.items()} for p, c in doc["pod_status"].items()},
+            unidentified=doc["unidentified"],
+            interrupted=doc["interrupted"],
+        )
+
     def format_text(self) -> str:
         mode = "keep-alive" if self.keepalive else "new connection per request"
         rate = "as fast as possible" if self.target_rate is None else f"target {self.target_rate:g}/s"
@@ -218,7 +243,7 @@ class Recorder:
                 attempted=self._attempted,
                 sent=self._sent,
                 answered=sum(self._statuses.values()),
-                duration=duration,
+                duration=round(duration, 6),  # as to_json() writes it, so a report reads back equal
                 statuses=dict(self._statuses),
                 errors=dict(self._errors),
                 error_samples={k: self._samples[k] for k in ERROR_KINDS if k in self._samples},

@@ -211,3 +211,15 @@ def test_json_report_is_stable_and_serializable(start_server):
     assert doc["pod_status"] == {"p": {"503": 3}}
     text = report.format_text()
     assert "503: 3" in text and "p: 3" in text and "v3: 3" in text
+
+
+def test_a_json_report_reads_back(start_server):
+    from lacewing.sample_app import LoadReport
+
+    report = run_load(start_server(pod="p", fail_rate=0.5).url, requests=20, concurrency=2)
+    doc = json.loads(json.dumps(report.to_json()))
+    again = LoadReport.from_json(doc)
+    assert again.to_json() == doc
+    assert again.count(200) == report.count(200) and again.pods == {"p": 20}
+    with pytest.raises(ValueError, match="schema"):
+        LoadReport.from_json({"schema": "something/else"})
