@@ -1,0 +1,64 @@
+"""The inbound decision: may this connection reach that workload of this node, and as what?
+
+Before: a connection arrived over the tunnel (:15008, the client's SVID verified, the server
+having presented the identity the client asked for by SNI, the header naming the target), or in
+plaintext (:15006, local address = the original destination), or from a pod of this node
+(same-node fast path, both identities known). After: a `Verdict` — allowed or not, the wire
+status to answer with, the reason to log, the workload, and `mutual_tls` or `none`.
+
+Checks, in order: the target is an enrolled workload of this node; over mTLS, its identity is the
+one the client expected (no tunnelling to arbitrary addresses); in plaintext, its
+PeerAuthentication accepts plaintext on that port; then L4 AuthorizationPolicy (`authz`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from control.snapshot import Workload
+
+from node_agent.ztunnel import authz, peerauth, wire
+from node_agent.ztunnel.state import NodeState
+
+MUTUAL_TLS, NONE = "mutual_tls", "none"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    status: int                    # wire.OK / DENIED / UNKNOWN_TARGET
+    reason: str
+    workload: Workload | None = None
+    security_policy: str = MUTUAL_TLS
+    policy: str | None = None
+
+
+def decide(state: NodeState, *, target: wire.Address, source_ip: str,
+           peer_identity: str | None, presented_identity: str | None,
+           tls: bool) -> Verdict:
+    sp = MUTUAL_TLS if tls else NONE
+    w = state.local_by_ip.get(target.ip)
+    if w is None or not w.enrolled:
+        return Verdict(False, wire.UNKNOWN_TARGET,
+                       f"deny: {target.ip} is not an enrolled workload of node {state.node}",
+                       security_policy=sp)
+    if tls:
+        if peer_identity is None:
+            return Verdict(False, wire.DENIED, "deny: client presented no SPIFFE identity", w, sp)
+        if presented_identity != w.identity:
+            return Verdict(False, wire.UNKNOWN_TARGET,
+                           f"deny: {w.uid} is {w.identity}, the client expected "
+                           f"{presented_identity}", w, sp)
+    else:
+        mode = peerauth.mode_for(state.snapshot.peer_authentications, namespace=w.namespace,
+                                 labels=w.labels, port=target.port)
+        if not peerauth.accepts_plaintext(mode):
+            return Verdict(False, wire.DENIED,
+                           f"deny: PeerAuthentication STRICT for {w.uid}:{target.port} "
+                           f"refuses plaintext", w, sp)
+    peer = authz.Peer(source_ip=source_ip, destination_ip=target.ip,
+                      destination_port=target.port,
+                      principal=authz.principal_of(peer_identity) if tls else None)
+    d = authz.decide(state.snapshot.authorization_policies, namespace=w.namespace,
+                     labels=w.labels, peer=peer)
+    return Verdict(d.allowed, wire.OK if d.allowed else wire.DENIED, d.reason, w, sp, d.policy)
