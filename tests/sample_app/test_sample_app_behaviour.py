@@ -3,6 +3,8 @@
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lacewing.sample_app.behaviour import (
     Behaviour,
@@ -131,3 +133,28 @@ def test_identity_prefers_flags_then_environment_then_defaults():
     assert resolve_identity(pod="flag", version="v1", environ=env, hostname="h").pod == "flag"
     assert resolve_identity(pod="flag", version="v1", environ=env, hostname="h").version == "v1"
     assert resolve_identity(environ={}, hostname="h") == Identity("h", "default", "h", "unknown", "")
+
+_behaviours = st.builds(
+    Behaviour,
+    fail_rate=st.floats(0, 1), fail_status=st.integers(200, 599),
+    latency=st.floats(0, 10), latency_jitter=st.floats(0, 10),
+    close_rate=st.floats(0, 1), close_mode=st.sampled_from(["reset", "fin"]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(behaviour=_behaviours, draws=st.lists(st.floats(0, 1, exclude_max=True), min_size=3, max_size=3),
+       target=st.sampled_from(["/", "/api/x?y=1", "/healthz"]))
+def test_every_plan_is_one_the_configuration_allows(behaviour, draws, target):
+    it = iter(draws)
+    plan = plan_request(target=target, headers={}, behaviour=behaviour, random=lambda: next(it))
+    if target == "/healthz":
+        assert plan == Plan(200, 0.0, False, "healthz")
+        return
+    assert behaviour.latency <= plan.delay <= behaviour.latency + behaviour.latency_jitter
+    if plan.closes:
+        assert behaviour.close_rate > 0 and plan.close_mode == behaviour.close_mode and plan.failed
+    elif plan.failed:
+        assert behaviour.fail_rate > 0 and plan.status == behaviour.fail_status
+    else:
+        assert plan.status == 200 and behaviour.fail_rate < 1 and behaviour.close_rate < 1
