@@ -4,7 +4,7 @@ Before: an `Identity` and a `Behaviour` (see `behaviour.py`, which decides every
 an address to listen on. After: a running server whose responses are JSON documents
 (`behaviour.response_document`), one log line per request on stderr, and — on `stop()` —
 a listener that is closed at once, idle keep-alive connections closed, in-flight requests
-answered (with `Connection: close`) within the drain timeout, and every thread joined.
+answered (with `Connection: close`) within the drain timeout, and every connection closed.
 
 Built on the standard library's `ThreadingHTTPServer` (one thread per connection) with
 HTTP/1.1 framing; bodies sent with `Content-Length` or `Transfer-Encoding: chunked` are
@@ -68,8 +68,6 @@ class _Handler(BaseHTTPRequestHandler):
             super().finish()
         except OSError:
             pass
-        finally:
-            self.server.untrack(self)
 
     def handle_one_request(self) -> None:
         # Mirrors BaseHTTPRequestHandler.handle_one_request, with the in-flight bookkeeping
@@ -260,8 +258,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = False  # a graceful stop joins every connection thread
-    block_on_close = True
+    # Connection threads are daemons so that a server someone forgot to stop never holds a
+    # process open; a graceful stop waits for them through its own bookkeeping (drain()),
+    # which lets a connection go only once its socket is closed.
+    daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
 
@@ -275,7 +275,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self._log_stream = log_stream
         self._log_lock = threading.Lock()
         self._state = threading.Condition()
-        self._handlers: set[_Handler] = set()
+        self._handlers: dict[socket.socket, _Handler] = {}
         self._in_flight = 0
         self.draining = False
         self.aborting = threading.Event()
@@ -296,17 +296,21 @@ class _HTTPServer(ThreadingHTTPServer):
     # -- connection and request bookkeeping ----------------------------------------------
     def track(self, handler: _Handler) -> None:
         with self._state:
-            self._handlers.add(handler)
+            self._handlers[handler.connection] = handler
             self.connections_accepted += 1
             if self.draining:
                 # Accepted just before the stop: serve a request the client already sent, but
                 # do not wait long for one.
                 handler.connection.settimeout(LATE_CONNECTION_TIMEOUT)
 
-    def untrack(self, handler: _Handler) -> None:
-        with self._state:
-            self._handlers.discard(handler)
-            self._state.notify_all()
+    def shutdown_request(self, request) -> None:
+        # The last step of every connection's thread: close the socket, then let go of it.
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._state:
+                self._handlers.pop(request, None)
+                self._state.notify_all()
 
     def begin_request(self, handler: _Handler) -> bool:
         with self._state:
@@ -339,7 +343,7 @@ class _HTTPServer(ThreadingHTTPServer):
         """Close idle connections, let busy ones finish; True if all ended within `timeout`."""
         with self._state:
             self.draining = True
-            for handler in self._handlers:
+            for handler in self._handlers.values():
                 if not handler._busy:
                     _shutdown_read(handler.connection)
             done = self._state.wait_for(lambda: not self._handlers, timeout=timeout)
@@ -347,7 +351,7 @@ class _HTTPServer(ThreadingHTTPServer):
                 return True
             # Out of patience: wake delayed requests and cut every connection.
             self.aborting.set()
-            for handler in self._handlers:
+            for handler in self._handlers.values():
                 _shutdown_read(handler.connection, how=socket.SHUT_RDWR)
             self._state.wait_for(lambda: not self._handlers, timeout=5.0)
             return False
@@ -470,7 +474,8 @@ class SampleServer:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self, *, drain_timeout: float | None = None) -> bool:
-        """Stop accepting, close idle connections, finish in-flight requests, join threads.
+        """Stop accepting, close idle connections, finish in-flight requests; on return every
+        connection is closed.
 
         Returns True if every in-flight request finished within the drain timeout.
         """

@@ -176,3 +176,21 @@ def test_load_prints_a_readable_table(start_server, capsys):
     out = capsys.readouterr().out
     for expected in ("status     200: 10", "pods       web-7: 10", "versions   v2: 10", "latency    p50"):
         assert expected in out
+
+
+def test_a_server_left_running_does_not_hold_its_process_open():
+    script = (
+        "import socket\n"
+        "from lacewing.sample_app import Identity, SampleServer\n"
+        "s = SampleServer(identity=Identity('p', 'ns', 'n', 'v1'), quiet=True).start()\n"
+        "c = socket.create_connection((s.host, s.port))\n"
+        "c.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+        "assert c.recv(65536).startswith(b'HTTP/1.1 200')\n"
+        "print('answered', flush=True)\n"  # then exit with the keep-alive connection still open
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and out.strip() == "answered"
+    finally:
+        _end(proc)
