@@ -17,8 +17,8 @@ What to import (every part imports from here; nothing is copied):
   (the list `docs/configuration.md` carries).
 
 The modules in order of the pipeline: `loader` (bytes -> documents), `schema` (CRD schema and
-CEL rules), `codec` (model-driven field check, decode, encode), `semantics` (rules beyond the
-schema), `validate` (the pipeline), `analyze` (across resources).
+CEL rules), `codec` (model-driven field check, decode, encode), `rules` (semantic rules beyond the
+schema, one module per kind family), `validate` (the pipeline), `analyze` (across resources).
 """
 
 from control.config.errors import INVALID, UNSUPPORTED, WARNING, ConfigError, Problem

@@ -134,8 +134,11 @@ def decode(cls: type, value: Any) -> Any:
             if key not in value:
                 continue
             raw = value[key]
-            if f.metadata.get("codec") == "comma-list":
-                kwargs[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            codec = f.metadata.get("codec")
+            if codec == "comma-list":
+                kwargs[f.name] = tuple(p for p in raw.split(",") if p)
+            elif codec == "envoy-literal-map":
+                kwargs[f.name] = FrozenMap({k: v.replace("%%", "%") for k, v in raw.items()})
             else:
                 kwargs[f.name] = decode(ftp, raw)
         return tp(**kwargs)
@@ -173,8 +176,11 @@ def encode(value: Any) -> Any:
             item = getattr(value, f.name)
             if _empty(item):
                 continue
-            if f.metadata.get("codec") == "comma-list":
+            codec = f.metadata.get("codec")
+            if codec == "comma-list":
                 out[key] = ",".join(item)
+            elif codec == "envoy-literal-map":
+                out[key] = {k: v.replace("%", "%%") for k, v in item.items()}
             else:
                 out[key] = encode(item)
         return out
@@ -239,6 +245,9 @@ def _supported(tp: Any, prefix: str) -> Iterator[str]:
             path = f"{prefix}.{key}" if prefix else key
             if f.metadata.get("codec") == "comma-list":
                 yield path
+                continue
+            if f.metadata.get("codec") == "envoy-literal-map":
+                yield path + "{}"
                 continue
             inner = _unwrap_optional(ftp)
             nested = dataclasses.is_dataclass(inner) or typing.get_origin(inner) in (tuple, Mapping, dict)

@@ -168,8 +168,11 @@ class Destination:
 
 @dataclass(frozen=True)
 class HeaderOperations:
-    set: Mapping[str, str] = _map()
-    add: Mapping[str, str] = _map()
+    """Header values are literal here: Istio's `%%` escape is decoded to `%` (and re-encoded by
+    `to_dict`); values with Envoy command operators (`%HOSTNAME%`) are refused as unsupported."""
+
+    set: Mapping[str, str] = field(default=EMPTY_MAP, metadata={"codec": "envoy-literal-map"})
+    add: Mapping[str, str] = field(default=EMPTY_MAP, metadata={"codec": "envoy-literal-map"})
     remove: tuple[str, ...] = ()
 
 

@@ -8,7 +8,7 @@ of" groups — and its `x-kubernetes-validations` (CEL) rules. What comes next i
 The schemas are Istio's own (`schemas/crd-all.gen.yaml`, Apache-2.0, see `schemas/LICENSE`)
 plus Lacewing's (`schemas/lacewing-crds.yaml`); they are read once, on first use. The OpenAPI v3
 subset in CRDs is checked with `jsonschema`'s Draft 4 validator (same `exclusiveMinimum`
-semantics). CEL is not evaluated by a general interpreter: the rules these schemas use are few,
+rules). CEL is not evaluated by a general interpreter: the rules these schemas use are few,
 and each has a Python equivalent in `_CEL_RULES`; a test checks that every rule in the shipped
 schemas has one, so a schema update that brings a new rule fails loudly instead of being skipped.
 """

@@ -11,7 +11,7 @@ For each document:
    configuration; `analyze` reads them); anything else is *invalid*;
 2. schema — the CRD's openAPIV3Schema and CEL rules (`control.config.schema`);
 3. fields — every key is implemented by the model, or *unsupported*, or unknown (`codec`);
-4. semantics — rules the schema cannot express (`semantics`; type-tolerant, so a document
+4. semantics — rules the schema cannot express (`rules`; type-tolerant, so a document
    with schema errors still gets every other problem reported);
 5. decode — into the frozen model, only if nothing above was invalid or unsupported.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from control.config import codec, schema, semantics
+from control.config import codec, rules, schema
 from control.config.errors import INVALID, UNSUPPORTED, WARNING, ConfigError, Problem
 from control.config.loader import Document
 from control.config.model import RESOURCE_KINDS, Resource, Source
@@ -66,7 +66,7 @@ def validate_document(doc: Document) -> tuple[Resource | None, list[Problem]]:
         found.extend(codec.field_problems(doc.obj, cls, schema.document_schema(group, version, kind)))
         # One message per field: a semantic rule is not repeated where the schema already spoke.
         spoken = {path for path, _ in structural}
-        found.extend(p for p in semantics.semantic_problems(kind, doc.obj) if p[0] not in spoken)
+        found.extend(p for p in rules.semantic_problems(kind, doc.obj) if p[0] not in spoken)
         if not any(k in (INVALID, UNSUPPORTED) for _, k, _ in found):
             try:
                 resource = codec.decode_resource(cls, doc.obj, source=Source(doc.file, doc.index))

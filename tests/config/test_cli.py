@@ -20,16 +20,16 @@ spec:
   - route:
     - destination: {host: reviews, subset: v1}
 """
-BAD_WEIGHTS = """apiVersion: networking.istio.io/v1
+BAD = """apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: r}
 spec:
-  hosts: [reviews]
+  hosts: [reviews, reviews]
   http:
   - route:
-    - {destination: {host: reviews}, weight: 50}
-    - {destination: {host: ratings}, weight: 40}
+    - {destination: {host: reviews}}
 """
+DUPLICATE = "spec.hosts: duplicate hosts in virtual service: reviews & reviews"
 UNSUPPORTED = """apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: r}
@@ -54,12 +54,12 @@ def test_validate_accepts_good_files(tmp_path, capsys):
 
 
 def test_validate_prints_one_line_per_problem_and_exits_1(tmp_path, capsys):
-    bad = write(tmp_path, "bad.yaml", GOOD + "---\n" + BAD_WEIGHTS)
+    bad = write(tmp_path, "bad.yaml", GOOD + "---\n" + BAD)
     uns = write(tmp_path, "uns.yaml", UNSUPPORTED)
     assert main(["validate", "-f", bad, uns]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        f"{bad}: document 1: spec.http[0].route: route weights must sum to 100, not 90",
+        f"{bad}: document 1: {DUPLICATE}",
         f"{uns}: document 0: spec.http[0].corsPolicy: unsupported: 'corsPolicy' is not supported by Lacewing yet; remove it",
     ]
 
@@ -71,12 +71,13 @@ def test_validate_warnings_alone_exit_0(tmp_path, capsys):
 
 
 def test_validate_json_output(tmp_path, capsys):
-    path = write(tmp_path, "bad.yaml", BAD_WEIGHTS)
+    path = write(tmp_path, "bad.yaml", BAD)
     assert main(["validate", "-f", path, "-o", "json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["summary"] == {"documents": 1, "accepted": 0, "invalid": 1, "unsupported": 0, "warning": 0}
-    assert report["problems"] == [{"file": path, "index": 0, "path": "spec.http[0].route",
-                                   "message": "route weights must sum to 100, not 90", "kind": "invalid"}]
+    assert report["problems"] == [{"file": path, "index": 0, "path": "spec.hosts",
+                                   "message": "duplicate hosts in virtual service: reviews & reviews",
+                                   "kind": "invalid"}]
 
 
 def test_validate_reports_unreadable_and_hostile_files_and_keeps_going(tmp_path, capsys):
@@ -95,7 +96,7 @@ def test_validate_reports_unreadable_and_hostile_files_and_keeps_going(tmp_path,
 
 def test_validate_reads_directories(tmp_path, capsys):
     write(tmp_path, "a.yaml", GOOD)
-    write(tmp_path, "b.yml", BAD_WEIGHTS)
+    write(tmp_path, "b.yml", BAD)
     write(tmp_path, "notes.txt", "not yaml: [")
     assert main(["validate", "-f", str(tmp_path)]) == 1
     assert "b.yml: document 0" in capsys.readouterr().out
@@ -107,10 +108,10 @@ def test_validate_without_documents_is_a_user_error(tmp_path, capsys):
 
 
 def test_validate_reads_standard_input_in_a_real_process():
-    proc = subprocess.run([sys.executable, "-m", "lacewing.cli", "validate", "-f", "-"], input=BAD_WEIGHTS,
+    proc = subprocess.run([sys.executable, "-m", "lacewing.cli", "validate", "-f", "-"], input=BAD,
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 1
-    assert proc.stdout == "<stdin>: document 0: spec.http[0].route: route weights must sum to 100, not 90\n"
+    assert proc.stdout == f"<stdin>: document 0: {DUPLICATE}\n"
     assert "Traceback" not in proc.stderr
 
 
@@ -143,7 +144,7 @@ def test_analyze_warns_and_exits_0(tmp_path, capsys):
 
 
 def test_analyze_exits_1_on_invalid_documents_and_reports_skipped_checks(tmp_path, capsys):
-    path = write(tmp_path, "a.yaml", BAD_WEIGHTS)
+    path = write(tmp_path, "a.yaml", BAD)
     assert main(["analyze", "-f", path, "-o", "json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["summary"]["invalid"] == 1 and len(report["summary"]["skipped_checks"]) == 2

@@ -21,7 +21,7 @@ SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[Heal
 label = st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True)
 host = st.one_of(label, st.builds(lambda a, b: f"{a}.{b}.svc.cluster.local", label, label))
 header = st.from_regex(r"x-[a-z]{1,8}", fullmatch=True)
-text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)
+text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="%"), max_size=12)
 duration = st.builds(lambda n, u: f"{n}{u}", st.integers(1, 5000), st.sampled_from(["ms", "s", "m", "h"]))
 percent = st.floats(0, 100, allow_nan=False).map(lambda v: round(v, 3))
 labels = st.dictionaries(label, label, max_size=3)
@@ -65,8 +65,8 @@ http_route = st.fixed_dictionaries({"route": weighted_routes()}, optional={
     "rewrite": st.fixed_dictionaries({"uri": st.just("/x")}, optional={"authority": host}),
     "headers": headers,
     "timeout": duration,
-    "retries": st.fixed_dictionaries({}, optional={
-        "attempts": st.integers(0, 5), "perTryTimeout": duration,
+    "retries": st.fixed_dictionaries({"attempts": st.integers(1, 5)}, optional={
+        "perTryTimeout": duration,
         "retryOn": st.lists(st.sampled_from(["5xx", "reset", "connect-failure", "503", "gateway-error"]),
                             min_size=1, max_size=3).map(",".join)}),
     "fault": st.one_of(
@@ -83,12 +83,12 @@ traffic_policy = st.fixed_dictionaries({}, optional={
     "connectionPool": st.fixed_dictionaries({}, optional={
         "tcp": st.fixed_dictionaries({"maxConnections": st.integers(0, 10_000)}),
         "http": st.fixed_dictionaries({}, optional={k: st.integers(0, 1000) for k in (
-            "http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection", "maxRetries")})}),
+            "http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection", "maxRetries")})}).filter(bool),
     "outlierDetection": st.fixed_dictionaries({}, optional={
         "consecutive5xxErrors": st.integers(0, 100), "consecutiveGatewayErrors": st.integers(0, 100),
         "interval": duration, "baseEjectionTime": duration,
         "maxEjectionPercent": st.integers(0, 100), "minHealthPercent": st.integers(0, 100)}),
-})
+}).filter(bool)
 
 source = st.fixed_dictionaries({}, optional={k: st.lists(label, min_size=1, max_size=2) for k in (
     "principals", "notPrincipals", "namespaces", "notNamespaces")} | {
@@ -98,7 +98,8 @@ operation = st.fixed_dictionaries({}, optional={
     "paths": st.lists(st.sampled_from(["/a", "/b/*", "*"]), min_size=1, max_size=2),
     "ports": st.lists(st.integers(1, 65535).map(str), min_size=1, max_size=2),
     "notHosts": st.lists(host, min_size=1, max_size=2)})
-condition = st.fixed_dictionaries({"key": st.sampled_from(["source.namespace", "request.headers[x-a]", "source.principal"]),
+condition = st.fixed_dictionaries({"key": st.sampled_from(["source.namespace", "request.headers[x-a]",
+                                                            "source.principal", "source.serviceAccount"]),
                                    "values": st.lists(label, min_size=1, max_size=2)})
 rule = st.fixed_dictionaries({}, optional={
     "from": st.lists(st.fixed_dictionaries({"source": source}).filter(lambda s: s["source"]), min_size=1, max_size=2),
@@ -116,7 +117,7 @@ def _resource(api_version, kind, spec):
 valid_documents = st.one_of(
     _resource(st.sampled_from(["networking.istio.io/v1", "networking.istio.io/v1beta1",
                                "networking.istio.io/v1alpha3"]), "VirtualService",
-              st.fixed_dictionaries({"hosts": st.lists(host, min_size=1, max_size=2),
+              st.fixed_dictionaries({"hosts": st.lists(host, min_size=1, max_size=2, unique=True),
                                      "http": st.lists(http_route, min_size=1, max_size=2)})),
     _resource("networking.istio.io/v1beta1", "DestinationRule",
               st.fixed_dictionaries({"host": host}, optional={
@@ -131,10 +132,12 @@ valid_documents = st.one_of(
                                                                           st.fixed_dictionaries({"mode": st.sampled_from(["STRICT", "DISABLE"])}),
                                                                           min_size=1, max_size=2)}))),
     _resource("security.istio.io/v1", "AuthorizationPolicy",
-              st.fixed_dictionaries({}, optional={
-                  "action": st.sampled_from(["ALLOW", "DENY"]),
-                  "selector": st.fixed_dictionaries({"matchLabels": labels}),
-                  "rules": st.lists(rule, max_size=2)})),
+              st.one_of(
+                  st.fixed_dictionaries({}, optional={
+                      "action": st.just("ALLOW"), "selector": st.fixed_dictionaries({"matchLabels": labels}),
+                      "rules": st.lists(rule, max_size=2)}),
+                  st.fixed_dictionaries({"action": st.just("DENY"), "rules": st.lists(rule, min_size=1, max_size=2)},
+                                        optional={"selector": st.fixed_dictionaries({"matchLabels": labels})}))),
     _resource("lacewing.dev/v1alpha1", "RateLimitPolicy",
               st.fixed_dictionaries({"tokenBucket": st.fixed_dictionaries(
                   {"maxTokens": st.integers(10, 1000), "fillInterval": duration},

@@ -96,10 +96,10 @@ def test_unknown_fields_are_invalid_and_named():
 
 
 def test_problems_carry_file_index_and_path():
-    d = vs(route(to("reviews", weight=50), to("other", weight=40)))
+    d = vs(route(to("reviews", weight=-5), to("other", weight=105)))
     _, problems = validate_document(d)
-    assert [(p.file, p.index, p.path) for p in problems] == [("t.yaml", 0, "spec.http[0].route")]
-    assert str(problems[0]) == "t.yaml: document 0: spec.http[0].route: route weights must sum to 100, not 90"
+    assert [(p.file, p.index, p.path) for p in problems] == [("t.yaml", 0, "spec.http[0].route[0].weight")]
+    assert str(problems[0]) == "t.yaml: document 0: spec.http[0].route[0].weight: weight -5 < 0"
 
 
 def test_parse_raises_config_error_with_every_problem():
@@ -155,26 +155,30 @@ def test_port_level_mtls_needs_a_selector_and_ports_in_range():
 
 
 def test_weights_must_sum_to_100():
-    assert_invalid_at(vs(route(to("r", "v1", 60), to("r", "v2", 30))), "spec.http[0].route", "sum to 100")
+    # Istio reads weights as relative proportions; Lacewing takes percentages, so other sums
+    # are refused as unsupported (never silently renormalised), and a zero total is invalid.
     assert parse(vs(route(to("r", "v1", 60), to("r", "v2", 40))))
-    assert_invalid_at(vs(route(to("r", "v1"), to("r", "v2"))), "spec.http[0].route", "not 0")
+    assert_unsupported_at(vs(route(to("r", "v1", 60), to("r", "v2", 30))), "spec.http[0].route")
+    assert_invalid_at(vs(route(to("r", "v1"), to("r", "v2"))), "spec.http[0].route", "total destination weight = 0")
 
 
-def test_single_destination_weight_is_100_or_omitted():
+def test_single_destination_takes_all_traffic_whatever_its_weight():
     assert parse(vs(route(to("r", weight=100))))
-    assert_invalid_at(vs(route(to("r", weight=50))), "spec.http[0].route[0].weight")
+    assert parse(vs(route(to("r", weight=50)))).spec.http[0].route[0].weight == 50
 
 
-def test_weight_out_of_range():
-    assert_invalid_at(vs(route(to("r", weight=150), to("s", weight=-50))), "spec.http[0].route[0].weight")
+def test_negative_weight_is_invalid():
+    assert_invalid_at(vs(route(to("r", weight=150), to("s", weight=-50))), "spec.http[0].route[1].weight", "< 0")
 
 
 def test_hosts_are_required_dns_names_and_not_star():
     assert_invalid_at(vs({"http": [{"route": [to("r")]}], "gateways": ["mesh"]}), "spec.hosts", "at least one host")
     assert_invalid_at(vs(route(to("r")) | {"hosts": ["bad host!"]}), "spec.hosts[0]", "DNS name")
     assert_invalid_at(vs(route(to("r")) | {"hosts": ["*"]}), "spec.hosts[0]", "wildcard")
-    assert parse(vs(route(to("r")) | {"hosts": ["*.example.com"]}))
-    assert_invalid_at(vs(route(to("*.r.com"))), "spec.http[0].route[0].destination.host", "wildcard")
+    assert parse(vs(route(to("r")) | {"hosts": ["*.example.com", "10.0.0.1"]}))
+    assert_invalid_at(vs(route(to("r")) | {"hosts": ["a.com", "*.com"]}), "spec.hosts", "duplicate hosts")
+    assert_invalid_at(vs(route(to("*"))), "spec.http[0].route[0].destination.host", "invalid destination host")
+    assert_unsupported_at(vs(route(to("*.r.com"))), "spec.http[0].route[0].destination.host")
 
 
 def test_a_virtual_service_without_hosts_is_an_unsupported_delegate():
@@ -182,40 +186,80 @@ def test_a_virtual_service_without_hosts_is_an_unsupported_delegate():
 
 
 def test_route_action_is_required():
-    assert_invalid_at(vs({"hosts": ["r"], "http": [{"timeout": "1s"}]}), "spec.http[0]", "needs one of route")
-    assert_invalid_at(vs({"hosts": ["r"]}), "spec", "at least one of http")
+    assert_invalid_at(vs({"hosts": ["r"], "http": [{"timeout": "1s"}]}), "spec.http[0]", "route or redirect is required")
+    assert_invalid_at(vs({"hosts": ["r"]}), "spec", "http, tcp or tls must be provided")
+    d = vs({"hosts": ["r"], "http": [{"redirect": {"uri": "/a"}, "route": [to("r")]}]})
+    assert_invalid_at(d, "spec.http[0]", "both route and redirect")
 
 
 def test_retry_on_values():
-    ok = parse(vs(route(to("r"), retries={"attempts": 3, "retryOn": "5xx, gateway-error,503"})))
+    ok = parse(vs(route(to("r"), retries={"attempts": 3, "retryOn": "5xx,gateway-error,503"})))
     assert ok.spec.http[0].retries.retry_on == ("5xx", "gateway-error", "503")
-    assert_invalid_at(vs(route(to("r"), retries={"retryOn": "5xx,sometimes"})),
-                      "spec.http[0].retries.retryOn", "unknown retry condition 'sometimes'")
-    assert_invalid_at(vs(route(to("r"), retries={"retryOn": "700"})), "spec.http[0].retries.retryOn")
-    assert_unsupported_at(vs(route(to("r"), retries={"retryOn": "retriable-headers"})), "spec.http[0].retries.retryOn")
+    path = "spec.http[0].retries.retryOn"
+    assert_invalid_at(vs(route(to("r"), retries={"attempts": 1, "retryOn": "5xx,sometimes"})), path,
+                      "'sometimes' is not a valid retryOn policy")
+    # like Istio: items are not trimmed, and numbers must be HTTP status codes
+    assert_invalid_at(vs(route(to("r"), retries={"attempts": 1, "retryOn": "5xx, reset"})), path, "' reset'")
+    assert_invalid_at(vs(route(to("r"), retries={"attempts": 1, "retryOn": "599"})), path)
+    assert_unsupported_at(vs(route(to("r"), retries={"attempts": 1, "retryOn": "retriable-headers"})), path)
+
+
+def test_retry_policy_with_zero_attempts_is_invalid():
+    assert_invalid_at(vs(route(to("r"), retries={"retryOn": "5xx"})), "spec.http[0].retries", "attempts are set to 0")
+    assert parse(vs(route(to("r"), retries={"attempts": 0})))
 
 
 def test_regexes_must_compile():
-    m = {"match": [{"uri": {"regex": "/(a"}, "headers": {"x-a": {"regex": "[z"}}}]}
+    m = {"match": [{"uri": {"regex": "/(a"}, "headers": {"x-a": {"regex": "[z"}},
+                    "queryParams": {"q": {"regex": ""}}, "method": {"regex": "a" * 1025}}]}
     d = vs(route(to("r"), **m))
     assert_invalid_at(d, "spec.http[0].match[0].uri.regex", "does not compile")
-    assert_invalid_at(d, "spec.http[0].match[0].headers.x-a.regex" if False else "spec.http[0].match[0].headers[x-a].regex")
+    assert_invalid_at(d, "spec.http[0].match[0].headers[x-a].regex", "does not compile")
+    assert_invalid_at(d, "spec.http[0].match[0].queryParams.q.regex", "must not be empty")
+    assert_invalid_at(d, "spec.http[0].match[0].method.regex", "too large")
 
 
 def test_fault_mirror_and_percentages():
-    fault = {"abort": {"httpStatus": 700, "percentage": {"value": 150}}, "delay": {"percentage": {"value": 10}}}
+    fault = {"abort": {"httpStatus": 700, "percentage": {"value": 150}},
+             "delay": {"fixedDelay": "1s", "percentage": {"value": 0.00001}}}
     d = vs(route(to("r"), fault=fault))
-    assert_invalid_at(d, "spec.http[0].fault.abort.httpStatus", "200 and 599")
-    assert_invalid_at(d, "spec.http[0].fault.abort.percentage.value", "0 and 100")
-    assert_invalid_at(d, "spec.http[0].fault.delay", "fixedDelay")
+    assert_invalid_at(d, "spec.http[0].fault.abort.httpStatus", "range 200-599")
+    assert_invalid_at(d, "spec.http[0].fault.abort.percentage.value", "between 0.0001 and 100")
+    assert_invalid_at(d, "spec.http[0].fault.delay.percentage.value")
+    assert_invalid_at(vs(route(to("r"), fault={})), "spec.http[0].fault", "abort and/or a delay")
+    resource, problems = validate_document(vs(route(to("r"), fault={"delay": {"percentage": {"value": 5}}})))
+    assert resource is not None and [(p.kind, p.path) for p in problems] == [(WARNING, "spec.http[0].fault.delay")]
     d = vs(route(to("r"), mirror={"host": "m", "port": {"number": 0}}, mirrorPercentage={"value": 101}))
     assert_invalid_at(d, "spec.http[0].mirror.port.number", "between 1 and 65535")
     assert_invalid_at(d, "spec.http[0].mirrorPercentage.value")
 
 
-def test_header_names_must_be_tokens():
-    d = vs(route(to("r"), headers={"request": {"set": {"bad header": "x"}, "remove": ["ok"]}}))
-    assert_invalid_at(d, "spec.http[0].headers.request.set[bad header]", "invalid header name")
+def test_header_names_and_values():
+    d = vs(route(to("r"), match=[{"headers": {"bad header": {"exact": "x"}}}],
+                 headers={"request": {"set": {":path": "x"}, "remove": ["host"]},
+                          "response": {"add": {"x-a": "50%"}}}))
+    assert_invalid_at(d, "spec.http[0].match[0].headers[bad header]", "invalid header name")
+    assert_invalid_at(d, "spec.http[0].headers.request.set[:path]", "cannot have ':' prefix")
+    assert_invalid_at(d, "spec.http[0].headers.request.remove[0]", "Host")
+    assert_invalid_at(d, "spec.http[0].headers.response.add[x-a]", "unmatched '%'")
+    assert_unsupported_at(vs(route(to("r"), headers={"request": {"set": {"x-host": "%HOSTNAME%"}}})),
+                          "spec.http[0].headers.request.set[x-host]")
+
+
+def test_escaped_percent_in_header_values_is_decoded_and_round_trips():
+    resource = parse(vs(route(to("r"), headers={"response": {"set": {"x-rate": "100%%"}}})))
+    assert resource.spec.http[0].headers.response.set["x-rate"] == "100%"
+    assert resource.to_dict()["spec"]["http"][0]["headers"]["response"]["set"] == {"x-rate": "100%%"}
+
+
+def test_unreachable_rules_are_warnings():
+    spec = {"hosts": ["r"], "http": [{"route": [to("r")]}, {"route": [to("s")]},
+                                     {"match": [{"uri": {"exact": "/a"}}], "route": [to("r")]},
+                                     {"match": [{"uri": {"exact": "/a"}, "name": "again"}], "route": [to("s")]}]}
+    resource, problems = validate_document(vs(spec))
+    assert resource is not None
+    assert {(p.kind, p.path) for p in problems} == {(WARNING, "spec.http[1]"), (WARNING, "spec.http[3]"),
+                                                    (WARNING, "spec.http[3].match[0]")}
 
 
 def test_implemented_fields_decode_into_the_model():
@@ -285,6 +329,14 @@ def test_destination_rule_fields_and_rules():
     assert rule.spec.subsets[0].traffic_policy.load_balancer.simple == "RANDOM"
 
 
+def test_destination_rule_needs_non_empty_policies():
+    assert_invalid_at(dr({"host": "r", "trafficPolicy": {}}), "spec.trafficPolicy", "at least one field")
+    assert_invalid_at(dr({"host": "r", "trafficPolicy": {"connectionPool": {}}}),
+                      "spec.trafficPolicy.connectionPool", "at least one field")
+    assert_invalid_at(dr({"host": "r", "subsets": [{"name": "a", "labels": {"bad key!": "x"}}]}),
+                      "spec.subsets[0].labels[bad key!]", "invalid label key")
+
+
 def test_destination_rule_invalid_values():
     d = dr({"host": "r", "subsets": [{"name": "v1"}, {"name": "v1"}, {"name": "Bad_Name"}],
             "trafficPolicy": {"outlierDetection": {"maxEjectionPercent": 150},
@@ -327,16 +379,37 @@ def test_allow_nothing_and_allow_all_are_distinct():
 
 
 def test_authorization_policy_invalid_values():
-    spec = {"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.300"]}}, {}],
-                       "to": [{"operation": {"ports": ["http"]}}],
-                       "when": [{"key": "source.colour", "values": ["x"]}, {"key": "source.ip"}]}]}
+    spec = {"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.300"]}}, {}, {"source": {"principals": []}}],
+                       "to": [{"operation": {"ports": ["http"], "paths": ["/a/{*}/{x}"]}}],
+                       "when": [{"key": "source.colour", "values": ["x"]}, {"key": "source.ip"},
+                                {"key": "request.headers", "values": ["a"]},
+                                {"key": "destination.namespace", "values": ["a"]}]}]}
     d = ap(spec)
     assert_invalid_at(d, "spec.rules[0].from[0].source.ipBlocks[0]", "CIDR")
-    assert_invalid_at(d, "spec.rules[0].from[1].source", "non-empty field")
-    assert_invalid_at(d, "spec.rules[0].to[0].operation.ports[0]", "1 and 65535")
-    assert_invalid_at(d, "spec.rules[0].when[0].key", "unknown condition key")
-    assert_invalid_at(d, "spec.rules[0].when[1]", "needs values")
-    assert_invalid_at(ap({"action": "DENY", "provider": {"name": "x"}}), "spec.provider", "only be set with action CUSTOM")
+    assert_invalid_at(d, "spec.rules[0].from[1].source", "must not be nil")
+    assert_invalid_at(d, "spec.rules[0].from[2].source", "must not be empty")
+    assert_invalid_at(d, "spec.rules[0].to[0].operation.ports[0]", "between 0 and 65535")
+    assert_invalid_at(d, "spec.rules[0].to[0].operation.paths[0]", "beyond a supported path template")
+    assert_invalid_at(d, "spec.rules[0].when[0].key", "unknown attribute")
+    assert_invalid_at(d, "spec.rules[0].when[1]", "values or notValues")
+    assert_invalid_at(d, "spec.rules[0].when[2].key", "format a[b]")
+    assert_invalid_at(d, "spec.rules[0].when[3].key", "replaced by the metadata.namespace")
+    assert_invalid_at(ap({"action": "DENY", "provider": {"name": "x"}, "rules": [{}]}), "spec.provider",
+                      "non CUSTOM action")
+    assert_invalid_at(ap({"action": "DENY"}), "spec.rules", "DENY action without rules")
+    assert_invalid_at(ap({"targetRef": {"kind": "Deployment", "group": "apps", "name": "w"}}), "spec.targetRef.kind")
+    assert_invalid_at(ap({"rules": [{"from": [{"source": {"serviceAccounts": ["a/b/c", "*"]}}]}]}),
+                      "spec.rules[0].from[0].source.serviceAccounts[0]", "expected format")
+
+
+def test_selector_without_labels_is_a_warning():
+    resource, problems = validate_document(pa({"selector": {}}))
+    assert resource is not None and [(p.kind, p.path) for p in problems] == [(WARNING, "spec.selector")]
+
+
+def test_deny_with_only_http_attributes_warns_about_tcp_ports():
+    _, problems = validate_document(ap({"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["POST"]}}]}]}))
+    assert [(p.kind, p.path) for p in problems] == [(WARNING, "spec.rules[0]")]
 
 
 def test_authorization_policy_unsupported():
@@ -347,6 +420,8 @@ def test_authorization_policy_unsupported():
                           "spec.rules[0].when[0].key")
     assert_unsupported_at(ap({"targetRef": {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "w"}}),
                           "spec.targetRef.kind")
+    assert_unsupported_at(ap({"rules": [{"to": [{"operation": {"paths": ["/api/{*}/x"]}}]}]}),
+                          "spec.rules[0].to[0].operation.paths[0]")
     assert_unsupported_at(ap({}, annotations={"istio.io/dry-run": "true"}), "metadata.annotations[istio.io/dry-run]")
 
 
@@ -378,7 +453,7 @@ def test_rate_limit_policy_invalid():
 
 
 def test_validate_documents_returns_accepted_resources_and_all_problems():
-    good, bad = vs(route(to("r"))), vs(route(to("r", weight=50), to("s", weight=10)))
+    good, bad = vs(route(to("r"))), vs(route(to("r", weight=-50), to("s", weight=10)))
     resources, problems = validate_documents([good, bad])
     assert len(resources) == 1 and resources[0].source.index == 0
     assert len(problems) == 1 and problems[0].kind == INVALID
