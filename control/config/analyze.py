@@ -7,7 +7,8 @@ that raised it, the way Istio's analyzers report:
 - more than one mesh-wide PeerAuthentication (no selector, in the root namespace), or more than
   one namespace-wide PeerAuthentication in a namespace;
 - a PeerAuthentication or AuthorizationPolicy whose selector matches no workload;
-- a VirtualService host, or a policy's targetRef, that no Service has.
+- a VirtualService host, or a policy's targetRef, that no Service has;
+- two VirtualServices for the same host (which one routes it is undefined).
 The workload-based checks run only when the input holds workloads (resp. Services) to check
 against; `skipped_checks` says which were skipped, so silence is never mistaken for health.
 
@@ -118,6 +119,7 @@ def analyze(resources: Sequence[Resource], docs: Sequence[Document] = (), *,
     found: list[Problem] = []
     found += _missing_subsets(resources)
     found += _duplicate_peer_authentications(resources, root_namespace)
+    found += _conflicting_virtual_services(resources)
     if inv.saw_workloads:
         found += _selectors_matching_nothing(resources, inv, root_namespace)
     if inv.saw_services:
@@ -172,6 +174,22 @@ def _duplicate_peer_authentications(resources: Sequence[Resource], root: str) ->
         for pa in policies:
             found.append(_warn(pa, ["spec"], f"more than one {scope} PeerAuthentication ({names}); "
                                "which one applies is undefined: keep one"))
+    return found
+
+
+def _conflicting_virtual_services(resources: Sequence[Resource]) -> list[Problem]:
+    owners: dict[str, list[tuple[VirtualService, int]]] = {}
+    for vs in (r for r in resources if isinstance(r, VirtualService)):
+        for i, host in enumerate(vs.spec.hosts):
+            owners.setdefault(fqdn(host, vs.namespace), []).append((vs, i))
+    found = []
+    for host, claims in owners.items():
+        if len(claims) < 2:
+            continue
+        names = ", ".join(f"{vs.namespace}/{vs.name}" for vs, _ in claims)
+        for vs, i in claims:
+            found.append(_warn(vs, ["spec", "hosts", i], f"host {host} is routed by more than one "
+                               f"VirtualService ({names}); which one applies is undefined: merge them"))
     return found
 
 

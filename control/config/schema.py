@@ -244,10 +244,9 @@ def _port_keys(value: Any) -> str | None:
     if not isinstance(value, dict):
         return None
     for key in value:
-        try:
-            port = int(key)
-        except ValueError:
+        if not re.fullmatch(r"[+-]?[0-9]+", key):  # CEL int(): no spaces, no underscores
             return f"type conversion error from string {key!r} to int"
+        port = int(key)
         if not 0 < port <= 65535:
             return f"got {key}"
     return None

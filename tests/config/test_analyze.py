@@ -105,3 +105,12 @@ def test_workload_checks_are_skipped_without_workloads_and_say_so():
     resources, _ = validate_documents(docs)
     assert analyze(resources, docs) == []
     assert len(skipped_checks(inventory(docs))) == 2
+
+
+def test_two_virtual_services_for_one_host():
+    other = "\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n" \
+            "metadata: {name: other, namespace: prod}\n" \
+            "spec: {hosts: [reviews.prod.svc.cluster.local], http: [{route: [{destination: {host: reviews}}]}]}\n"
+    warnings = run(BASE + other)
+    assert sorted((w.index, w.path) for w in warnings) == [(0, "spec.hosts[0]"), (6, "spec.hosts[0]")]
+    assert "prod/reviews, prod/other" in warnings[0].message
