@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 
 from lacewing.errors import UserError
-from lacewing.sample_app.behaviour import CLOSE_MODES, Behaviour
+from lacewing.sample_app.behaviour import CLOSE_MODES, MAX_RESPONSE_BYTES, Behaviour
 from lacewing.sample_app.identity import resolve_identity
 from lacewing.sample_app.load import parse_target, run_load
 from lacewing.sample_app.server import SampleServer
@@ -67,6 +67,12 @@ def _concurrency(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > MAX_RESPONSE_BYTES:
+        raise ValueError(f"{text!r} is not a size; use 0 to {MAX_RESPONSE_BYTES} bytes")
+    return int(text)
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip() or any(c in name for c in " \t\r\n") or any(c in value for c in "\r\n"):
@@ -111,6 +117,8 @@ def register(subparsers) -> None:
                        help="fraction of requests whose connection is dropped without an answer")
     serve.add_argument("--close-mode", choices=CLOSE_MODES, default="reset",
                        help="how --close-rate drops a connection: reset (RST, default) or fin")
+    serve.add_argument("--response-bytes", type=_arg(_size), default=0, metavar="N",
+                       help="pad every answer's JSON body to N bytes (for byte-counter tests)")
     serve.add_argument("--fail-healthz", action="store_true",
                        help="make GET /healthz answer --fail-status (a pod that is never ready)")
     serve.add_argument("--name", help="pod name to report (else $POD_NAME, else the host name)")
@@ -146,6 +154,8 @@ def register(subparsers) -> None:
     load.add_argument("-H", "--header", type=_arg(_header), action="append", default=[], metavar="K:V",
                       help="add a request header; repeatable")
     load.add_argument("-X", "--method", default="GET", help="request method (default GET)")
+    load.add_argument("--body-bytes", type=_arg(_size), default=0, metavar="N",
+                      help="send a body of N bytes with each request (default none)")
     load.add_argument("--keepalive", action=argparse.BooleanOptionalAction, default=True,
                       help="reuse connections (default) or open one per request")
     load.add_argument("--timeout", type=_arg(_positive_duration), default=5.0, metavar="D",
@@ -158,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
     behaviour = Behaviour(
         fail_rate=args.fail_rate, fail_status=args.fail_status, latency=args.latency,
         latency_jitter=args.latency_jitter, close_rate=args.close_rate, close_mode=args.close_mode,
-        fail_healthz=args.fail_healthz,
+        fail_healthz=args.fail_healthz, response_bytes=args.response_bytes,
     )
     identity = resolve_identity(
         pod=args.name, namespace=args.namespace, node=args.node, version=args.app_version,
@@ -228,6 +238,7 @@ def _load(args: argparse.Namespace) -> int:
         args.url, requests=args.requests, duration=args.duration, rate=args.rate,
         concurrency=args.concurrency, headers=args.header, keepalive=args.keepalive,
         timeout=args.timeout, method=args.method,
+        body=b"x" * args.body_bytes if args.body_bytes else None,
     )
     text = json.dumps(report.to_json(), indent=2) if args.output == "json" else report.format_text()
     try:

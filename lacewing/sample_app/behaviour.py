@@ -8,7 +8,8 @@ sockets or clocks here, so every rule is tested with a seeded random source.
 Rules, in order:
 1. Per-request override headers are read first; a bad one gives a 400 that names it.
    `x-sample-status: 503` forces the status, `x-sample-delay: 200ms` replaces the configured
-   latency, `x-sample-close: reset|fin|true` forces a dropped connection.
+   latency, `x-sample-close: reset|fin|true` forces a dropped connection,
+   `x-sample-response-bytes: N` sizes the answer's body (see `encode_body`).
 2. `/healthz` (any method, any query) is exempt from the random faults and the configured
    latency, so probes keep working while the app misbehaves, unless the server runs with
    `fail_healthz`, in which case it always answers `fail_status`. Overrides still apply.
@@ -21,8 +22,9 @@ Rules, in order:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lacewing.sample_app.identity import Identity
 from lacewing.sample_app.units import parse_duration, parse_status
@@ -31,6 +33,8 @@ HEALTH_PATH = "/healthz"
 HEADER_STATUS = "x-sample-status"
 HEADER_DELAY = "x-sample-delay"
 HEADER_CLOSE = "x-sample-close"
+HEADER_RESPONSE_BYTES = "x-sample-response-bytes"
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 CLOSE_MODES = ("reset", "fin")
 MAX_OVERRIDE_DELAY = 600.0  # seconds; a header may not park a server thread for longer
 
@@ -55,6 +59,7 @@ class Behaviour:
     close_rate: float = 0.0
     close_mode: str = "reset"  # "reset" sends RST, "fin" a plain close
     fail_healthz: bool = False
+    response_bytes: int = 0  # pad answers' bodies to this size (0: no padding)
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "close_rate"):
@@ -65,6 +70,8 @@ class Behaviour:
             raise ValueError("latency and latency_jitter must not be negative")
         if not 200 <= self.fail_status <= 599:
             raise ValueError(f"fail_status must be 200..599, got {self.fail_status}")
+        if not 0 <= self.response_bytes <= MAX_RESPONSE_BYTES:
+            raise ValueError(f"response_bytes must be 0..{MAX_RESPONSE_BYTES}, got {self.response_bytes}")
         if self.close_mode not in CLOSE_MODES:
             raise ValueError(f"close_mode must be one of {CLOSE_MODES}, got {self.close_mode!r}")
 
@@ -79,6 +86,7 @@ class Plan:
     reason: str
     close_mode: str = "reset"
     error: str | None = None
+    response_bytes: int = 0  # the body is padded to this size (see encode_body)
 
     @property
     def closes(self) -> bool:
@@ -110,6 +118,18 @@ def plan_request(
 
     `headers` has lower-cased names (see `header_map`); `random` returns floats in [0, 1).
     """
+    plan = _plan(target=target, headers=headers, behaviour=behaviour, random=random)
+    if plan.closes or plan.reason == REASON_BAD_OVERRIDE:
+        return plan
+    try:
+        size = _override_response_bytes(headers)
+    except ValueError as exc:
+        return Plan(status=400, delay=0.0, failed=False, reason=REASON_BAD_OVERRIDE, error=str(exc))
+    return replace(plan, response_bytes=behaviour.response_bytes if size is None else size)
+
+
+def _plan(*, target: str, headers: Mapping[str, str], behaviour: Behaviour,
+          random: Callable[[], float]) -> Plan:
     try:
         forced_status = _override_status(headers)
         forced_delay = _override_delay(headers)
@@ -179,6 +199,28 @@ def response_document(
     if plan.error:
         doc["error"] = plan.error
     return doc
+
+
+def encode_body(doc: dict, *, size: int = 0) -> bytes:
+    """`doc` as a JSON line; if `size` is larger than that, a `padding` string of "x" is added
+    so that the body is exactly `size` bytes (counters of bytes sent can then be checked)."""
+    plain = (json.dumps(doc) + "\n").encode()
+    if size <= len(plain):
+        return plain
+    padded = (json.dumps({**doc, "padding": ""}) + "\n").encode()
+    fill = max(0, size - len(padded))
+    body = (json.dumps({**doc, "padding": "x" * fill}) + "\n").encode()
+    return body
+
+
+def _override_response_bytes(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get(HEADER_RESPONSE_BYTES)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value.isdigit() or int(value) > MAX_RESPONSE_BYTES:
+        raise ValueError(f"{HEADER_RESPONSE_BYTES}: {raw!r} is not a size; use 0 to {MAX_RESPONSE_BYTES} bytes")
+    return int(value)
 
 
 def _override_status(headers: Mapping[str, str]) -> int | None:

@@ -15,7 +15,6 @@ RST (SO_LINGER 0) by default, or a plain FIN in `fin` mode.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import random as _random
 import select
 import socket
@@ -30,6 +29,7 @@ from typing import TextIO
 from lacewing.sample_app.behaviour import (
     Behaviour,
     Plan,
+    encode_body,
     header_map,
     plan_request,
     response_document,
@@ -143,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             local_ip=self.connection.getsockname()[0],
             body_bytes=body_bytes,
         )
-        payload = (json.dumps(doc) + "\n").encode()
+        payload = encode_body(doc, size=plan.response_bytes)
         no_body = self.command == "HEAD" or plan.status in (204, 304)
         if self.server.draining:
             self.close_connection = True

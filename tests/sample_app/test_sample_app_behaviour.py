@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from lacewing.sample_app.behaviour import (
     Behaviour,
     Plan,
+    encode_body,
     header_map,
     plan_request,
     response_document,
@@ -158,3 +159,27 @@ def test_every_plan_is_one_the_configuration_allows(behaviour, draws, target):
         assert behaviour.fail_rate > 0 and plan.status == behaviour.fail_status
     else:
         assert plan.status == 200 and behaviour.fail_rate < 1 and behaviour.close_rate < 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(0, 5000), pod=st.text(max_size=30))
+def test_encode_body_pads_to_the_asked_size(size, pod):
+    import json
+
+    doc = {"pod": pod, "status": 200}
+    body = encode_body(doc, size=size)
+    plain = encode_body(doc)
+    assert json.loads(body)["pod"] == pod
+    if size <= len(plain):
+        assert body == plain
+    elif size >= len(plain) + 16:
+        assert len(body) == size
+    else:
+        assert size < len(body) <= size + 16
+
+
+def test_response_bytes_come_from_the_behaviour_or_a_header():
+    assert _plan(Behaviour(response_bytes=2000)).response_bytes == 2000
+    assert _plan(Behaviour(response_bytes=2000), headers={"x-sample-response-bytes": "10"}).response_bytes == 10
+    bad = _plan(Behaviour(), headers={"x-sample-response-bytes": "lots"})
+    assert bad.status == 400 and "x-sample-response-bytes" in bad.error

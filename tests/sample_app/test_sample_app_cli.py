@@ -143,6 +143,8 @@ def test_serve_reports_a_busy_port_as_an_operator_error(capsys):
         (["load", "http://127.0.0.1:9/", "--header", "no-colon"], "NAME:VALUE"),
         (["load", "http://127.0.0.1:9/", "--timeout", "5"], "unit"),
         (["load", "http://127.0.0.1:9/", "-c", "5000"], "1 to 1000"),
+        (["load", "http://127.0.0.1:9/", "--body-bytes", "-1"], "size"),
+        (["serve", "--response-bytes", "huge"], "size"),
         ([], "required"),
     ],
 )
@@ -168,6 +170,22 @@ def test_bad_flag_exit_status_from_a_real_process():
     done = subprocess.run([*CLI, "serve", "--fail-rate", "2"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--fail-rate" in done.stderr and "0..1" in done.stderr
+
+
+def test_sized_bodies_both_ways(tmp_path):
+    proc, port = _start_serve(tmp_path, "--response-bytes", "3000", "--quiet")
+    try:
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        conn.close()
+        assert len(data.partition(b"\r\n\r\n")[2]) == 3000
+        done = _load(f"http://127.0.0.1:{port}/", "-n", "2", "-X", "POST", "--body-bytes", "1234", "-o", "json")
+        assert json.loads(done.stdout)["status"] == {"200": 2}
+    finally:
+        _end(proc)
 
 
 def test_load_prints_a_readable_table(start_server, capsys):

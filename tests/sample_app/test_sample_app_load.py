@@ -223,3 +223,12 @@ def test_a_json_report_reads_back(start_server):
     assert again.count(200) == report.count(200) and again.pods == {"p": 20}
     with pytest.raises(ValueError, match="schema"):
         LoadReport.from_json({"schema": "something/else"})
+
+
+def test_request_bodies_are_sent(start_server):
+    server = start_server()
+    report = run_load(server.url, requests=3, method="POST", body=b"y" * 777,
+                      headers={"x-sample-status": "201"})
+    assert report.statuses == {201: 3}
+    # The server read exactly the body it was sent, or keep-alive would have gone out of step.
+    assert server.connections_accepted == 1

@@ -295,3 +295,12 @@ def test_malformed_requests_get_a_json_error_and_a_closed_connection(start_serve
     doc = json.loads(body)
     assert (doc["status"], doc["reason"], doc["pod"]) == (status, "bad-request", "web-1")
     assert doc["error"]
+
+
+def test_answers_can_be_sized_for_byte_counter_tests(start_server):
+    server = start_server(response_bytes=5000)
+    resp, doc = _get(server)
+    assert int(resp.getheader("Content-Length")) == 5000
+    assert doc["pod"] == "web-1"
+    resp, _ = _get(server, headers={"x-sample-response-bytes": "20000"})
+    assert int(resp.getheader("Content-Length")) == 20000
