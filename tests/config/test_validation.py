@@ -457,3 +457,12 @@ def test_validate_documents_returns_accepted_resources_and_all_problems():
     resources, problems = validate_documents([good, bad])
     assert len(resources) == 1 and resources[0].source.index == 0
     assert len(problems) == 1 and problems[0].kind == INVALID
+
+
+def test_misspelt_kinds_and_wrong_groups_are_invalid_with_a_hint():
+    d = doc("apiVersion: networking.istio.io/v1\nkind: VirtualSevice\nmetadata: {name: a}\nspec: {}\n")
+    assert_invalid_at(d, "kind", "did you mean VirtualService?")
+    d = doc("apiVersion: v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {}\n")
+    assert_invalid_at(d, "apiVersion", "use apiVersion security.istio.io/v1")
+    d = doc("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec: {}\n")
+    assert_unsupported_at(d, "kind")
