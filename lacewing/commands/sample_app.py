@@ -127,7 +127,7 @@ def register(subparsers) -> None:
     serve.add_argument("--version", dest="app_version", metavar="V",
                        help="version to report (else $POD_VERSION, else unknown)")
     serve.add_argument("--pod-ip", help="pod IP to report (else $POD_IP, else the local address of each connection)")
-    serve.add_argument("--seed", type=int, help="seed the fault draws so a run repeats exactly")
+    serve.add_argument("--seed", type=int, help="seed the fault draws so that a run repeats (exactly for sequential requests)")
     serve.add_argument("--drain-timeout", type=_arg(parse_duration), default=30.0, metavar="DURATION",
                        help="how long a stop waits for in-flight requests (default 30s)")
     serve.add_argument("-q", "--quiet", action="store_true", help="no per-request log lines on stderr")
