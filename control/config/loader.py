@@ -7,7 +7,8 @@ next is `control.config.validate.validate_documents`, which turns documents into
 resources.
 
 Reading is defensive, because the bytes come from anyone:
-- input larger than `MAX_FILE_BYTES` is refused before it is parsed;
+- input larger than `MAX_FILE_BYTES` is refused before it is parsed, and a single document
+  longer than `MAX_DOCUMENT_CHARS` is refused too (Kubernetes' object size limit);
 - input that is not UTF-8 (after an optional BOM) is refused;
 - nesting deeper than `MAX_DEPTH` is refused while composing, before Python recursion is at risk;
 - aliases are counted (`MAX_ALIASES`) and the size of each document *as if every alias were
@@ -31,6 +32,8 @@ from yaml.nodes import MappingNode, ScalarNode
 from control.config.errors import ConfigError, Problem
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
+# Kubernetes refuses objects much over 1.5 MiB (etcd's request limit); so do we, per document.
+MAX_DOCUMENT_CHARS = 1536 * 1024
 MAX_DEPTH = 64
 MAX_ALIASES = 1000
 MAX_EXPANDED_NODES = 1_000_000
@@ -106,7 +109,10 @@ class _PyLoader(_KubeRules, yaml.SafeLoader):
 
     def compose_document(self):  # type: ignore[no-untyped-def]
         self._aliases = 0
-        return super().compose_document()
+        node = super().compose_document()
+        if node is not None and node.end_mark.index - node.start_mark.index > MAX_DOCUMENT_CHARS:
+            raise _LimitExceeded(f"document longer than {MAX_DOCUMENT_CHARS} characters")
+        return node
 
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):
@@ -137,7 +143,7 @@ else:  # pragma: no cover - libyaml is present on the supported platforms
 def _check_events(text: str) -> None:
     """First pass for the libyaml loader: depth and alias limits, document by document."""
     parser = yaml.CSafeLoader(text)
-    depth = aliases = 0
+    depth = aliases = start = 0
     index = -1
     try:
         while parser.check_event():
@@ -145,6 +151,10 @@ def _check_events(text: str) -> None:
             if isinstance(event, yaml.DocumentStartEvent):
                 index += 1
                 aliases = 0
+                start = event.start_mark.index
+            elif isinstance(event, yaml.DocumentEndEvent):
+                if event.end_mark.index - start > MAX_DOCUMENT_CHARS:
+                    raise _LimitExceeded(f"document longer than {MAX_DOCUMENT_CHARS} characters", index)
             elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_DEPTH:

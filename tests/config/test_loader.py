@@ -131,3 +131,13 @@ def test_the_pure_python_loader_applies_the_same_limits(monkeypatch):
     assert "aliases" in refused(b"a: &a 1\nb: [" + b"*a, " * (loader.MAX_ALIASES + 1) + b"]\n")
     assert "duplicate key" in refused(b"a: 1\na: 2\n")
     assert load_documents(b"p:\n  80: x\n")[0].obj == {"p": {"80": "x"}}
+
+
+def test_a_document_over_the_object_size_limit_is_refused(monkeypatch):
+    body = "data:\n" + "".join(f"  k{i}: {'x' * 60}\n" for i in range(loader.MAX_DOCUMENT_CHARS // 60))
+    data = ("a: 1\n---\n" + body).encode()
+    assert len(data) < MAX_FILE_BYTES
+    message = refused(data)
+    assert "document 1" in message and "document longer than" in message
+    monkeypatch.setattr(loader, "_CLoader", None)
+    assert "document longer than" in refused(data)
