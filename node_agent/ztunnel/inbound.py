@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from control.snapshot import Workload
-
 from node_agent.ztunnel import authz, peerauth, wire
 from node_agent.ztunnel.state import NodeState
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from control.snapshot import Service, Workload
-
 from node_agent.ztunnel.balancer import RoundRobin
 from node_agent.ztunnel.state import NodeState
 from node_agent.ztunnel.wire import Address

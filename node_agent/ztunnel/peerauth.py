@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from control.config.model import PeerAuthentication
-
 from node_agent.ztunnel.authz import ROOT_NAMESPACE
 
 STRICT, PERMISSIVE, DISABLE = "STRICT", "PERMISSIVE", "DISABLE"

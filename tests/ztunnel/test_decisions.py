@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from control.snapshot import Waypoint
-
 from node_agent.ztunnel import inbound, outbound, wire
 from node_agent.ztunnel.balancer import RoundRobin
 from node_agent.ztunnel.state import NodeState

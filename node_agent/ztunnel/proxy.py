@@ -1,0 +1,576 @@
+"""The node tunnel's listeners and connection handlers (the only module here that does I/O
+beyond the byte relay).
+
+Before: the node agent made a `Tunnel` with its certificate source (`await certs.get(id)`) and
+calls `await tunnel.update(snapshot)` for each accepted NodeSnapshot. After `start()`:
+  :15001 outbound — captured pod connections: `outbound.decide` → deny (RST), direct (plain TCP),
+         same node (inbound policy decided here, then plain to the pod), or tunnel/waypoint
+         (mutual TLS to :15008 presenting the source SVID, requiring the destination's SPIFFE ID,
+         tunnel header, reply, then bytes).
+  :15008 inbound mTLS — SNI picks the identity to present; the client's SVID verified; the
+         header's target checked and policy enforced (`inbound.decide`); then to the pod,
+         keeping the client's source address when `transparent` is on.
+  :15006 inbound plaintext — PeerAuthentication decides (STRICT refuses); then to the pod.
+  :15021 readiness — `GET /healthz/ready`: 200 once a snapshot is in and listeners are up,
+         503 while draining.
+`drain()` stops accepting, reports not ready and waits for open connections (up to a deadline).
+
+Timeouts and limits bound what a bad peer can hold: a handshake (and header) must finish within
+`handshake_timeout`; at most `max_pending` connections may be in setup and `max_connections`
+open; connections idle (no byte either way) for `idle_timeout` are closed. Everything refused is
+counted in `lacewing_tunnel_refused_connections{listener,reason}` and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from control.ca.spiffe_id import SpiffeIdError, parse_workload
+from control.snapshot import NodeSnapshot
+from node_agent.certs.manager import CertificateUnavailable
+from node_agent.ztunnel import inbound, outbound, wire
+from node_agent.ztunnel.balancer import RoundRobin
+from node_agent.ztunnel.relay import Side, join
+from node_agent.ztunnel.state import EMPTY, NodeState
+from node_agent.ztunnel.telemetry import ConnRecord, Telemetry
+from node_agent.ztunnel.tls import CertSource, Contexts, TlsConnection
+
+log = logging.getLogger("lacewing.ztunnel")
+IP_TRANSPARENT = 19
+IP_FREEBIND = 15
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunnelConfig:
+    outbound_addr: tuple[str, int] | None = ("0.0.0.0", 15001)
+    inbound_addr: tuple[str, int] | None = ("0.0.0.0", 15008)
+    plaintext_addr: tuple[str, int] | None = ("0.0.0.0", 15006)
+    readiness_addr: tuple[str, int] | None = ("0.0.0.0", 15021)
+    transparent: bool = True          # IP_TRANSPARENT listeners, keep client source addresses
+    tunnel_port: int = outbound.TUNNEL_PORT   # where peers' :15008 is (tests move it)
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    idle_timeout: float = 3600.0
+    max_connections: int = 20000
+    max_pending: int = 1024
+    backlog: int = 4096
+    resumption: bool = True
+    # How the original destination of a captured connection is recovered, from (local address,
+    # peer address). None: the local address (eBPF sk_assign / TPROXY keep it there).
+    original_destination: Callable[[tuple, tuple], tuple] | None = None
+
+
+def _sockname(addr) -> tuple[str, int]:
+    return addr[0], addr[1]
+
+
+def _fmt(addr) -> str:
+    return f"{addr[0]}:{addr[1]}" if addr else ""
+
+
+class Tunnel:
+    def __init__(self, certs: CertSource, *, config: TunnelConfig | None = None,
+                 telemetry: Telemetry | None = None) -> None:
+        self.config = config or TunnelConfig()
+        self.telemetry = telemetry or Telemetry()
+        self.contexts = Contexts(certs, on_sni_refused=self._sni_refused)
+        self.state: NodeState = EMPTY
+        self.balancer = RoundRobin()
+        self._servers: dict[str, asyncio.AbstractServer] = {}
+        self._pending = 0
+        self._open: set = set()           # (ConnRecord, Side, Side) of relayed connections
+        self._tasks: set[asyncio.Task] = set()
+        self._draining = False
+        self._sweeper: asyncio.Task | None = None
+        self.addresses: dict[str, tuple[str, int]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def update(self, snapshot: NodeSnapshot) -> None:
+        """Apply a snapshot (the one writer); certificates of local identities are fetched
+        before the state is swapped, so the SNI callback finds them."""
+        state = NodeState.of(snapshot)
+        await self.contexts.prepare(state.local_identities)
+        self.state = state
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.state.version) and bool(self._servers) and not self._draining
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        c = self.config
+        specs = [("outbound", c.outbound_addr, self._accept_outbound, c.transparent),
+                 ("inbound", c.inbound_addr, self._accept_inbound, False),
+                 ("inbound_plaintext", c.plaintext_addr, self._accept_plaintext, c.transparent)]
+        for name, addr, handler, transparent in specs:
+            if addr is None:
+                continue
+            sock = self._listen_socket(addr, transparent=transparent)
+            server = await loop.create_server(lambda h=handler: _Accepted(self, h), sock=sock)
+            self._servers[name] = server
+            self.addresses[name] = _sockname(sock.getsockname())
+        if c.readiness_addr is not None:
+            server = await asyncio.start_server(self._readiness, *c.readiness_addr,
+                                                reuse_address=True)
+            self._servers["readiness"] = server
+            self.addresses["readiness"] = _sockname(server.sockets[0].getsockname())
+        self._sweeper = loop.create_task(self._sweep())
+
+    def _listen_socket(self, addr, *, transparent: bool) -> socket.socket:
+        fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if transparent:
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.bind(addr)
+        s.listen(self.config.backlog)
+        s.setblocking(False)
+        return s
+
+    async def drain(self, *, timeout: float = 10.0) -> None:
+        """Stop accepting, report not ready, let open connections finish, then close the rest."""
+        self._draining = True
+        for name, server in list(self._servers.items()):
+            if name != "readiness":
+                server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._open or self._pending) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for rec, a, b in list(self._open):
+            rec.reason = (rec.reason + "; " if rec.reason else "") + "closed by drain"
+            a.abort()
+            b.abort()
+        await self.close()
+
+    async def close(self) -> None:
+        self._draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for server in self._servers.values():
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for _rec, a, b in list(self._open):
+            a.abort()
+            b.abort()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._servers.clear()
+
+    # ------------------------------------------------------------------ admission
+    def _sni_refused(self, reason: str) -> None:
+        self.telemetry.refused_count("inbound", f"sni_{reason}")
+
+    def _admit(self, listener: str, side: Side) -> bool:
+        if self._draining:
+            reason = "draining"
+        elif len(self._open) + self._pending >= self.config.max_connections:
+            reason = "connection_limit"
+        elif self._pending >= self.config.max_pending:
+            reason = "pending_limit"
+        else:
+            return True
+        self.telemetry.refused_count(listener, reason)
+        log.warning("%s: refused a connection from %s: %s", listener,
+                    _fmt(side.transport.get_extra_info("peername")), reason)
+        side.abort(reset=True)
+        return False
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _accept_outbound(self, side: Side) -> None:
+        if self._admit("outbound", side):
+            self._spawn(self._setup(self._outbound, side, "outbound"))
+
+    def _accept_inbound(self, side: Side) -> None:
+        if self._admit("inbound", side):
+            try:
+                ctx = self.contexts.server_context
+            except CertificateUnavailable:
+                self.telemetry.refused_count("inbound", "no_certificate")
+                side.abort(reset=True)
+                return
+            side.tls = TlsConnection(ctx, server_side=True)
+            side.handshake = asyncio.get_running_loop().create_future()
+            self._spawn(self._setup(self._inbound_tls, side, "inbound"))
+
+    def _accept_plaintext(self, side: Side) -> None:
+        if self._admit("inbound_plaintext", side):
+            self._spawn(self._setup(self._inbound_plain, side, "inbound_plaintext"))
+
+    async def _setup(self, handler, side: Side, listener: str) -> None:
+        rec = ConnRecord(listener=listener, src=_fmt(side.transport.get_extra_info("peername")),
+                         dst=_fmt(side.transport.get_extra_info("sockname")))
+        self._pending += 1
+        up: list[Side] = []
+        try:
+            await handler(side, rec, up)
+        except (asyncio.CancelledError, Exception) as exc:  # noqa: BLE001 - logged and counted
+            if isinstance(exc, asyncio.CancelledError) and not self._draining:
+                raise
+            reason = _describe(exc)
+            self._refuse(listener, rec, side, "error", reason)
+            for u in up:
+                u.abort()
+            if not isinstance(exc, (OSError, ssl.SSLError, TimeoutError, wire.ProtocolError,
+                                    CertificateUnavailable, asyncio.CancelledError)):
+                log.exception("%s: unexpected error", listener)
+        finally:
+            self._pending -= 1
+
+    def _refuse(self, listener: str, rec: ConnRecord, side: Side, counter_reason: str,
+                reason: str, *, reset: bool = True) -> None:
+        rec.decision = "deny" if counter_reason != "error" else "error"
+        rec.reason = reason
+        self.telemetry.refused_count(listener, counter_reason if counter_reason != "error"
+                                     else _reason_label(reason))
+        log.info("%s %s -> %s refused: %s", listener, rec.src, rec.dst, reason)
+        if reset:
+            side.abort(reset=True)
+        else:
+            side.close()
+        self.telemetry.closed(rec)
+
+    def _relay(self, rec: ConnRecord, down: Side, up: Side) -> None:
+        self.telemetry.opened(rec)
+        entry = (rec, down, up)
+        self._open.add(entry)
+
+        def closed() -> None:
+            self._open.discard(entry)
+            rec.sent, rec.received = down.received, up.received
+            self.telemetry.closed(rec)
+
+        join(down, up, on_close=closed)
+
+    def _orig_dst(self, side: Side, peer) -> tuple[str, int]:
+        local = side.transport.get_extra_info("sockname")
+        if self.config.original_destination is None:
+            return local[0], local[1]
+        return tuple(self.config.original_destination(local, peer))[:2]
+
+    # ------------------------------------------------------------------ connecting
+    async def _connect_plain(self, target: wire.Address, *, source_ip: str | None,
+                             up: list[Side]) -> Side:
+        loop = asyncio.get_running_loop()
+        fam = socket.AF_INET6 if ":" in target.ip else socket.AF_INET
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if source_ip is not None and self.config.transparent:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                sock.bind((source_ip, 0))
+            async with asyncio.timeout(self.config.connect_timeout):
+                await loop.sock_connect(sock, (target.ip, target.port))
+            side = Side()
+            up.append(side)
+            await loop.create_connection(lambda: side, sock=sock)
+            side.transport.pause_reading()
+            return side
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _connect_tunnel(self, req: outbound.Request, rec: ConnRecord,
+                              up: list[Side]) -> Side:
+        loop = asyncio.get_running_loop()
+        ctx = await self.contexts.client(req.source_identity)
+        hop = req.next_hop
+        if self.config.tunnel_port != outbound.TUNNEL_PORT and hop.port == outbound.TUNNEL_PORT:
+            hop = wire.Address(hop.ip, self.config.tunnel_port)
+        key = (req.source_identity, hop, req.expected_identity)
+        session = self.contexts.session(key) if self.config.resumption else None
+        side = Side(tls=TlsConnection(ctx, server_side=False,
+                                      server_hostname=wire.sni_for(req.expected_identity),
+                                      session=session))
+        up.append(side)
+        async with asyncio.timeout(self.config.connect_timeout + self.config.handshake_timeout):
+            await loop.create_connection(lambda: side, hop.ip, hop.port)
+            await side.handshake
+        peer = side.tls.peer_spiffe_id()
+        rec.tls_resumed = side.tls.resumed
+        self.telemetry.handshakes.labels("client", str(side.tls.resumed).lower()).inc()
+        if peer != req.expected_identity:
+            self.contexts.forget(key)
+            raise PeerIdentityError(f"{_fmt((hop.ip, hop.port))} presented {peer}, "
+                                    f"expected {req.expected_identity}")
+        side.session_key = key
+        return side
+
+    # ------------------------------------------------------------------ handlers
+    async def _outbound(self, down: Side, rec: ConnRecord, up: list[Side]) -> None:
+        src = down.transport.get_extra_info("peername")
+        dst = self._orig_dst(down, src)
+        rec.dst = _fmt(dst)
+        state = self.state
+        req = outbound.decide(state, src[0], wire.Address(dst[0], dst[1]),
+                              balancer=self.balancer)
+        rec.kind = req.kind
+        rec.reason = req.reason
+        rec.src_identity = req.source_identity
+        rec.src_workload = req.source.uid if req.source else None
+        rec.dst_identity = req.expected_identity
+        rec.dst_workload = req.destination.uid if req.destination else None
+        rec.service = req.service.uid if req.service else None
+        rec.target = _fmt((req.target.ip, req.target.port)) if req.target else ""
+        rec.next_hop = _fmt((req.next_hop.ip, req.next_hop.port)) if req.next_hop else ""
+        if req.kind == outbound.DENY:
+            self._refuse("outbound", rec, down, "no_route", req.reason)
+            return
+        if req.kind == outbound.DIRECT:
+            rec.security_policy = "none"
+            upside = await self._connect_plain(req.next_hop, source_ip=None, up=up)
+            self._relay(rec, down, upside)
+            return
+        rec.security_policy = "mutual_tls"
+        if req.same_node and req.kind == outbound.TUNNEL:
+            rec.kind = "same_node"
+            v = inbound.decide(state, target=req.target, source_ip=src[0],
+                               peer_identity=req.source_identity,
+                               presented_identity=req.expected_identity, tls=True)
+            rec.reason = v.reason
+            if not v.allowed:
+                self._refuse("outbound", rec, down, "policy", v.reason)
+                return
+            upside = await self._connect_plain(req.target, source_ip=src[0], up=up)
+            self._relay(rec, down, upside)
+            return
+        upside = await self._connect_tunnel(req, rec, up)
+        upside.send(wire.encode_header(wire.TunnelHeader(req.target,
+                                                         wire.Address(src[0], src[1]))))
+        if down.buffer:
+            upside.send(down.take())
+        reader = wire.ReplyReader()
+        async with asyncio.timeout(self.config.handshake_timeout + self.config.connect_timeout):
+            while True:
+                await upside.wait_data()
+                got = reader.feed(upside.take()) if upside.buffer else None
+                if got is not None:
+                    break
+                if upside.eof or upside.lost:
+                    raise ConnectionResetError("the peer tunnel closed before replying")
+        status, why, rest = got
+        if self.config.resumption and upside.tls.obj.session is not None:
+            self.contexts.remember(upside.session_key, upside.tls.obj.session)
+        if status != wire.OK:
+            upside.close()
+            self._refuse("outbound", rec, down,
+                         f"peer_{wire.STATUS_NAMES.get(status, 'unknown')}",
+                         f"destination tunnel refused: {why}")
+            return
+        upside.received = len(rest) + upside.buffered   # application bytes only
+        if rest:
+            upside.buffer.insert(0, rest)
+        self._relay(rec, down, upside)
+
+    async def _inbound_tls(self, down: Side, rec: ConnRecord, up: list[Side]) -> None:
+        tls = down.tls
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                if down.buffer:     # bytes that arrived before the TLS layer was attached
+                    down.data_received(down.take())
+                await down.handshake
+        except TimeoutError:
+            self._refuse("inbound", rec, down, "handshake_timeout",
+                         "TLS handshake not finished in time")
+            return
+        except (ssl.SSLError, ConnectionError, ValueError) as exc:
+            self._refuse("inbound", rec, down, "handshake_failed:" + _reason_label(exc),
+                         f"TLS handshake failed: {_describe(exc)}")
+            return
+        rec.security_policy = "mutual_tls"
+        rec.tls_resumed = tls.resumed
+        self.telemetry.handshakes.labels("server", str(tls.resumed).lower()).inc()
+        peer = tls.peer_spiffe_id()
+        presented = getattr(tls.obj, "lw_identity", None)
+        rec.src_identity, rec.dst_identity = peer, presented
+        if peer is None:
+            self._refuse("inbound", rec, down, "bad_peer_certificate",
+                         "the client certificate does not carry exactly one SPIFFE ID")
+            return
+        try:
+            pid = parse_workload(peer)
+        except SpiffeIdError as exc:
+            self._refuse("inbound", rec, down, "bad_peer_certificate",
+                         f"the client is not a workload identity: {exc}")
+            return
+        if pid.trust_domain != self.state.snapshot.trust_domain:
+            self._refuse("inbound", rec, down, "bad_peer_certificate",
+                         f"the client is in trust domain {pid.trust_domain}")
+            return
+        rec.src_workload = f"{pid.namespace}/unknown"
+        reader = wire.HeaderReader()
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                while True:
+                    await down.wait_data()
+                    got = reader.feed(down.take()) if down.buffer else None
+                    if got is not None:
+                        break
+                    if down.eof or down.lost:
+                        raise ConnectionResetError("closed before the tunnel header")
+        except TimeoutError:
+            self._refuse("inbound", rec, down, "header_timeout", "no tunnel header in time")
+            return
+        except wire.ProtocolError as exc:
+            down.send(wire.encode_reply(wire.BAD_REQUEST, str(exc)))
+            self._refuse("inbound", rec, down, "bad_header", f"bad tunnel header: {exc}",
+                         reset=False)
+            return
+        header, rest = got
+        down.received = len(rest) + down.buffered        # application bytes only
+        rec.src = _fmt((header.source.ip, header.source.port))
+        rec.target = rec.dst = _fmt((header.target.ip, header.target.port))
+        rec.kind = "inbound"
+        src_w = self.state.workloads_by_ip.get(header.source.ip)
+        if src_w is not None and src_w.identity == peer:
+            rec.src_workload = src_w.uid
+        v = inbound.decide(self.state, target=header.target, source_ip=header.source.ip,
+                           peer_identity=peer, presented_identity=presented, tls=True)
+        rec.dst_workload = v.workload.uid if v.workload else None
+        rec.reason = v.reason
+        if not v.allowed:
+            down.send(wire.encode_reply(v.status, v.reason))
+            self._refuse("inbound", rec, down,
+                         "policy" if v.status == wire.DENIED else "unknown_target", v.reason,
+                         reset=False)
+            down.close()
+            return
+        try:
+            upside = await self._connect_plain(header.target, source_ip=header.source.ip, up=up)
+        except (OSError, TimeoutError) as exc:
+            down.send(wire.encode_reply(wire.UPSTREAM_FAILED, _describe(exc)))
+            self._refuse("inbound", rec, down, "upstream_failed",
+                         f"cannot reach {rec.target}: {_describe(exc)}", reset=False)
+            down.close()
+            return
+        down.send(wire.encode_reply(wire.OK))
+        if rest:
+            down.buffer.insert(0, rest)
+        self._relay(rec, down, upside)
+
+    async def _inbound_plain(self, down: Side, rec: ConnRecord, up: list[Side]) -> None:
+        src = down.transport.get_extra_info("peername")
+        dst = self._orig_dst(down, src)
+        rec.dst = _fmt(dst)
+        target = wire.Address(dst[0], dst[1])
+        v = inbound.decide(self.state, target=target, source_ip=src[0], peer_identity=None,
+                           presented_identity=None, tls=False)
+        rec.kind = "inbound"
+        rec.security_policy = "none"
+        rec.target = _fmt(dst)
+        rec.reason = v.reason
+        rec.dst_workload = v.workload.uid if v.workload else None
+        rec.dst_identity = v.workload.identity if v.workload else None
+        src_w = self.state.workloads_by_ip.get(src[0])
+        rec.src_workload = src_w.uid if src_w else None
+        if not v.allowed:
+            self._refuse("inbound_plaintext", rec, down,
+                         "policy" if v.status == wire.DENIED else "unknown_target", v.reason)
+            return
+        upside = await self._connect_plain(target, source_ip=src[0], up=up)
+        self._relay(rec, down, upside)
+
+    # ------------------------------------------------------------------ housekeeping
+    async def _sweep(self) -> None:
+        seen: dict[int, tuple[int, float]] = {}
+        loop = asyncio.get_running_loop()
+        period = max(0.05, min(5.0, self.config.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            live = {}
+            for entry in list(self._open):
+                rec, a, b = entry
+                activity = a.activity + b.activity
+                key = id(entry)
+                last = seen.get(key)
+                since = now if last is None or last[0] != activity else last[1]
+                live[key] = (activity, since)
+                rec.sent, rec.received = a.received, b.received
+                self.telemetry.flush_bytes(rec)
+                if now - since >= self.config.idle_timeout:
+                    rec.reason = (rec.reason + "; " if rec.reason else "") + "idle timeout"
+                    self.telemetry.refused_count(rec.listener, "idle_timeout")
+                    log.info("%s %s -> %s closed: idle for %.0fs", rec.listener, rec.src,
+                             rec.dst, now - since)
+                    a.close()
+                    b.close()
+            seen = live
+
+    async def _readiness(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            async with asyncio.timeout(5):
+                line = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+            path = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
+            if path.startswith(b"/healthz/ready"):
+                ok = self.ready
+                body = b"ready\n" if ok else b"not ready\n"
+                status = b"200 OK" if ok else b"503 Service Unavailable"
+            else:
+                body, status = b"not found\n", b"404 Not Found"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: " + str(len(body)).encode() +
+                         b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (TimeoutError, OSError, IndexError):
+            pass
+        finally:
+            writer.close()
+
+
+class PeerIdentityError(ConnectionError):
+    """The destination tunnel presented another identity than the one expected."""
+
+
+class _Accepted(Side):
+    """An accepted socket: hands itself to the listener's handler once connected."""
+
+    __slots__ = ("_tunnel", "_handler")
+
+    def __init__(self, tunnel: Tunnel, handler: Callable[[Side], None]) -> None:
+        super().__init__()
+        self._tunnel = tunnel
+        self._handler = handler
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._handler(self)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.strerror or str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _reason_label(exc_or_text) -> str:
+    if isinstance(exc_or_text, ssl.SSLError):
+        text = exc_or_text.reason or "ssl_error"
+    elif isinstance(exc_or_text, BaseException):
+        text = _describe(exc_or_text)
+    else:
+        text = str(exc_or_text)
+    text = text.lower().split(":")[0]
+    return "".join(ch if ch.isalnum() else "_" for ch in text)[:40] or "error"

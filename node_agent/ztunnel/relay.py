@@ -1,0 +1,255 @@
+"""The byte path: one asyncio protocol per socket (`Side`), paired by `join` into a relay.
+
+Before: the proxy accepted or opened a socket and wrapped it in a `Side` — plain TCP, or TLS
+driven through `tls.TlsConnection`. While a connection is being set up (handshake, tunnel
+header, policy), a Side buffers what it receives and wakes whoever `await`s it. After `join`,
+bytes flow from each side to the other in the callbacks, with no task and no copy beyond the
+kernel's and TLS's: write-buffer pressure on one side pauses reading on the other; an EOF (TCP
+FIN, or TLS close_notify) is passed on as a half-close; the connection ends when both directions
+have ended or either socket fails, and `on_close` fires exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+
+from node_agent.ztunnel.tls import TlsConnection
+
+HIGH_WATER = 4 << 20
+BUFFER_LIMIT = 1 << 20        # bytes a side buffers during setup before it stops reading
+
+
+class Side(asyncio.Protocol):
+    __slots__ = ("transport", "tls", "peer", "relaying", "buffer", "buffered", "eof", "lost",
+                 "received", "activity", "waiter", "handshake", "_on_lost", "error",
+                 "session_key")
+
+    def __init__(self, *, tls: TlsConnection | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.tls = tls
+        self.peer: Side | None = None
+        self.relaying = False
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+        self.eof = False
+        self.lost = False
+        self.error: BaseException | None = None
+        self.received = 0           # plaintext bytes received
+        self.activity = 0
+        self.waiter: asyncio.Future | None = None
+        self.handshake: asyncio.Future | None = None
+        self._on_lost: Callable[[Side], None] | None = None
+        self.session_key: tuple | None = None
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+        if self.tls is not None:
+            self.handshake = asyncio.get_running_loop().create_future()
+            if not self.tls.obj.server_side:
+                self._advance_handshake(b"")
+
+    def data_received(self, data: bytes) -> None:
+        self.activity += 1
+        tls = self.tls
+        if tls is None:
+            chunks = [data]
+        else:
+            if not tls.handshaken:
+                data = self._advance_handshake(data)
+                if data is None:
+                    return
+            try:
+                chunks = tls.receive(data)
+            except ssl.SSLError as exc:
+                self._fail(exc)
+                return
+            out = tls.outgoing()
+            if out:
+                self.transport.write(out)
+        if chunks:
+            n = 0
+            for c in chunks:
+                n += len(c)
+            self.received += n
+            if self.relaying:
+                peer = self.peer
+                if len(chunks) == 1:
+                    peer.send(chunks[0])
+                else:
+                    peer.send(b"".join(chunks))
+            else:
+                self.buffer.extend(chunks)
+                self.buffered += n
+                if self.buffered > BUFFER_LIMIT:
+                    self.transport.pause_reading()
+                self._wake()
+        if tls is not None and tls.eof:
+            self._got_eof()
+
+    def _advance_handshake(self, data: bytes) -> bytes | None:
+        tls = self.tls
+        if data:
+            tls.incoming.write(data)
+        try:
+            done = tls.handshake()
+        except (ssl.SSLError, ValueError) as exc:
+            out = tls.outgoing()
+            if out:
+                self.transport.write(out)
+            self._fail(exc)
+            return None
+        out = tls.outgoing()
+        if out:
+            self.transport.write(out)
+        if not done:
+            return None
+        if not self.handshake.done():
+            self.handshake.set_result(True)
+        return b""
+
+    def eof_received(self) -> bool:
+        self._got_eof()
+        return True
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(self.error or ConnectionResetError("connection closed"))
+        self._wake()
+        if self._on_lost is not None:
+            self._on_lost(self)
+        peer = self.peer
+        if peer is not None and not peer.lost and peer.transport is not None:
+            if self.error is not None:
+                peer.abort()
+            else:
+                peer.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.lost:
+            self.peer.transport.resume_reading()
+
+    # ------------------------------------------------------------------ helpers
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(exc)
+        self._wake()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _got_eof(self) -> None:
+        if self.eof:
+            return
+        self.eof = True
+        if self.relaying:
+            peer = self.peer
+            peer.send_eof()
+            if peer.eof:
+                self.close()
+                peer.close()
+        else:
+            self._wake()
+
+    async def wait_data(self) -> None:
+        """Until something new is buffered, the peer ended, or the socket failed."""
+        if self.buffer or self.eof or self.lost:
+            return
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    def take(self) -> bytes:
+        data = b"".join(self.buffer)
+        self.buffer.clear()
+        self.buffered = 0
+        return data
+
+    def send(self, data: bytes) -> None:
+        if self.lost or not data:
+            return
+        if self.tls is not None:
+            data = self.tls.send(data)
+        self.transport.write(data)
+
+    def send_eof(self) -> None:
+        if self.lost:
+            return
+        if self.tls is not None:
+            out = self.tls.close_write()
+            if out:
+                self.transport.write(out)
+        elif self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            if self.tls is not None and not self.tls.closed_write:
+                out = self.tls.close_write()
+                if out:
+                    self.transport.write(out)
+            self.transport.close()
+
+    def abort(self, *, reset: bool = False) -> None:
+        if self.transport is None or self.lost:
+            return
+        if self.transport.is_closing() and not reset:
+            return
+        if reset:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+        self.transport.abort()
+
+
+def join(a: Side, b: Side, *, on_close: Callable[[], None]) -> None:
+    """Start relaying between two set-up sides; buffered bytes and EOFs are passed on first."""
+    done = [False]
+
+    def lost(_side: Side) -> None:
+        if a.lost and b.lost and not done[0]:
+            done[0] = True
+            on_close()
+
+    a.peer, b.peer = b, a
+    a._on_lost = b._on_lost = lost
+    for src, dst in ((a, b), (b, a)):
+        if src.buffer:
+            dst.send(src.take())
+        src.relaying = True
+        if src.transport is not None and not src.lost:
+            src.transport.resume_reading()
+    for src, dst in ((a, b), (b, a)):
+        if src.lost and not dst.lost:
+            if src.error is not None:
+                dst.abort()
+            else:
+                dst.close()
+        elif src.eof:
+            dst.send_eof()
+    if a.eof and b.eof:
+        a.close()
+        b.close()
+    lost(a)
