@@ -30,7 +30,7 @@ from pyroute2 import netns as _netns
 from node_agent.bpf import attach, layout, pins, programs
 from node_agent.bpf.flows import FlowRecord, FlowTable, L4Totals, PairTotals
 from node_agent.bpf.settings import DEFAULT, Settings, pin_dir
-from node_agent.bpf.syscall import Map, obj_get, prog_info
+from node_agent.bpf.syscall import Map, obj_get, prog_get_fd_by_id, prog_info
 
 EXCLUDE_OUTBOUND = "lacewing.dev/exclude-outbound-ports"
 EXCLUDE_INBOUND = "lacewing.dev/exclude-inbound-ports"
@@ -144,9 +144,7 @@ class Datapath:
 
     def close(self) -> None:
         """Close file descriptors and sockets. Attachments and pins stay."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._close_progs()
         for m in self._maps.values():
             m.close()
         self._maps.clear()
@@ -161,8 +159,12 @@ class Datapath:
         self.close()
 
     def _netns_cookie(self) -> int:
-        s = (_netns.create_socket(self.netns, flags=0) if self.netns
-             else socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        try:
+            s = (_netns.create_socket(self.netns, flags=0) if self.netns
+                 else socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        except FileNotFoundError:
+            raise DatapathError(f"network namespace {self.netns} does not exist; "
+                                "is the node up?") from None
         try:
             return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
         finally:
@@ -185,12 +187,40 @@ class Datapath:
             raise DatapathError(f"loading the eBPF programs failed: {proc.stderr.strip()}; "
                                 "`lacewing check` tells what the machine lacks")
 
-    def install(self) -> None:
-        """Load and pin if nothing is pinned yet, then attach everything node-wide."""
+    def install(self, *, reload: bool = False) -> None:
+        """Load and pin if nothing is pinned yet (or, with reload, a new build of the programs
+        over the same maps), then attach everything node-wide. A reload moves every attachment
+        to the new programs without a moment uncovered: tc filters are replaced in place, and
+        the new sockops program is attached before the old one is detached."""
         pins.ensure_bpffs()
+        if reload and self.pinned():
+            old_sockops = prog_info(self._prog("sockops"))[0]
+            self.load()
+            self._close_progs()
+            self._attach_node()
+            ipr = self._ip()
+            for link in ipr.get_links():
+                name = attach.tc_ours(ipr, link["index"], self.settings)
+                if name and name.removeprefix("lw_") in {p.name for p in programs.PROGRAMS}:
+                    self._tc(link["index"], name.removeprefix("lw_"))
+            if old_sockops != prog_info(self._prog("sockops"))[0]:
+                try:
+                    fd = prog_get_fd_by_id(old_sockops)
+                except OSError:
+                    return      # already gone
+                try:
+                    attach.cgroup_detach(self.cgroup, fd)
+                finally:
+                    os.close(fd)
+            return
         if not self.pinned():
             self.load()
         self._attach_node()
+
+    def _close_progs(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def adopt(self) -> None:
         """After an agent restart: re-use what is pinned, re-attach only what is missing.
@@ -206,12 +236,16 @@ class Datapath:
             if index in existing and attach.tc_ours(self._ip(), index, self.settings) is None:
                 self._tc(index, "pod_out")
 
-    def _attach_node(self) -> None:
-        ipr = self._ip()
+    def prepare_node(self) -> None:
+        """The node-wide state that attaches nothing: the maps' netns cookie and node
+        addresses, and the policy routing for marked packets."""
         cfg = layout.CFG.pack(self._netns_cookie(), 1, 0)
         self._map("lw_cfg").update(layout.U32.pack(0), cfg)
         self._refresh_local_addresses()
-        attach.routing_install(ipr, self.settings)
+        attach.routing_install(self._ip(), self.settings)
+
+    def _attach_node(self) -> None:
+        self.prepare_node()
         up = self._ifindex(self.uplink, must=False)
         if up is not None:
             self._tc(up, "inbound")

@@ -1,12 +1,14 @@
 """Compile, load and pin a node's eBPF programs and maps, then exit.
 
-    python -m node_agent.bpf.load --cluster C --node N        # compile, load, pin; print JSON
+    python -m node_agent.bpf.load --cluster C --node N [--netns PATH]   # compile, load, pin
     python -m node_agent.bpf.load --print-c [--program NAME]   # print the final C, load nothing
 
 Before: bpffs (mounted here if need be) and BCC with kernel headers (scripts/setup.sh). After:
 /sys/fs/bpf/lw-<cluster>/<node>/ holds prog_<name> for each program in
 `node_agent.bpf.programs.PROGRAMS` and each map; maps already pinned there are re-used (their
-contents kept), programs are replaced atomically. This is the only place that runs the compiler:
+contents kept), programs are replaced atomically; with --netns, the node namespace also gets the
+policy routing (fwmark rule -> `local 0.0.0.0/0 dev lo` table) and the maps its netns cookie.
+This is the only place that runs the compiler:
 the long-running agent (`node_agent.datapath`) opens the pins, so it never holds LLVM.
 """
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m node_agent.bpf.load", description=__doc__.split("\n")[0])
     ap.add_argument("--cluster", help="cluster name (pins under /sys/fs/bpf/lw-<cluster>/)")
     ap.add_argument("--node", help="node name, e.g. node1")
+    ap.add_argument("--netns", help="node network namespace (path or name under /run/netns): "
+                    "also install its policy routing")
     ap.add_argument("--print-c", action="store_true", help="print the final C and exit")
     ap.add_argument("--program", choices=[p.name for p in programs.PROGRAMS],
                     help="with --print-c: only this program")
@@ -71,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--cluster and --node are required (or --print-c)")
     try:
         result = load_and_pin(cluster=args.cluster, node=args.node)
+        if args.netns:
+            from node_agent.datapath import Datapath
+
+            with Datapath(args.cluster, args.node, netns=args.netns) as dp:
+                dp.prepare_node()
+            result["netns"] = args.netns
     except Exception as e:  # noqa: BLE001 - one line for the operator, exit 1
         print(f"load: {e}", file=sys.stderr)
         return 1

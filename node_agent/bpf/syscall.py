@@ -26,6 +26,7 @@ BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_ATTACH = 8
 BPF_PROG_DETACH = 9
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_MAP_LOOKUP_BATCH = 24
@@ -104,6 +105,13 @@ def prog_info(fd: int) -> tuple[int, str]:
     prog_id = struct.unpack_from("=I", info, 4)[0]
     name = info.raw[64:80].split(b"\0", 1)[0].decode()
     return prog_id, name
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    """Open a loaded program by id; the caller closes the returned fd."""
+    a = _attr()
+    struct.pack_into("=I", a, 0, prog_id)
+    return _bpf(BPF_PROG_GET_FD_BY_ID, a)
 
 
 def map_info(fd: int) -> dict[str, int | str]:

@@ -7,10 +7,14 @@ pod makes it leave again in `finally`, so the tests do not depend on their order
 
 from __future__ import annotations
 
+import os
+import re
 import time
 
 import pytest
 
+from node_agent.bpf import syscall
+from node_agent.bpf.attach import cgroup2_root
 from tests.bpf.conftest import _pod
 from tests.bpf.netapps import ask_who, connect, transfer
 from tests.bpf.topology import sh
@@ -226,3 +230,60 @@ def test_stats_count_captures(topo, dp, relay, servers):
     after = dp.stats()
     assert after["captured_outbound"] == before["captured_outbound"] + 1
     assert after["flows_opened"] >= before["flows_opened"] + 1
+
+
+def test_reload_moves_every_attachment_to_the_new_programs_and_keeps_the_maps(topo, dp, relay,
+                                                                               servers):
+    a, _b, c, d, _e = pods(topo)
+    node_ns = topo.nodes[0].name
+    dp.enroll(_pod(a))
+    try:
+        held = connect(a.name, d.ip, 8080)               # captured before the reload
+        held.sendall(b"hold\nx")
+        assert held.recv(1) == b"k"
+        before = dp.status()["programs"]
+        dp.install(reload=True)
+        after = dp.status()
+        assert all(after["programs"][k] != before[k] for k in before)
+        assert after["tc"][a.veth] == "lw_pod_out" and after["tc"][c.veth] == "lw_inbound"
+        for dev in (a.veth, c.veth, "eth0"):
+            out = sh("tc", "-n", node_ns, "filter", "show", "dev", dev, "ingress")
+            ids = {int(x) for x in re.findall(r"\bid (\d+)", out)}
+            assert ids and ids <= set(after["programs"].values()), (dev, out)
+        assert after["sockops_attached"]
+        fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            attached = syscall.prog_query(target_fd=fd, attach_type=syscall.BPF_CGROUP_SOCK_OPS)
+        finally:
+            os.close(fd)
+        assert before["sockops"] not in attached and after["programs"]["sockops"] in attached
+        # the established connection goes on, and its flow record (a map kept across the
+        # reload) still counts it
+        held.sendall(b"y")
+        assert held.recv(1) == b"k"
+        mine = held.getsockname()
+        assert [f for f in dp.read_flows() if f.sport == mine[1] and f.src == a.ip]
+        relay.drain()
+        ask_who(a.name, d.ip, 8080)
+        assert relay.next()["listener"] == 15001
+        held.close()
+    finally:
+        dp.leave(_pod(a))
+
+
+def test_sync_makes_the_kernel_match_the_node_pods(topo, dp, relay, servers):
+    a, b, c, d, _e = pods(topo)
+    node_ns = topo.nodes[0].name
+    everyone = [(_pod(a), True), (_pod(b), False), (_pod(c), False), (_pod(d), False)]
+    try:
+        dp.sync(everyone)
+        assert set(dp.enrolled()) == {a.ip}
+        assert dp.status()["tc"][a.veth] == "lw_pod_out"
+        dp.sync([(_pod(b), True), (_pod(c), False), (_pod(d), False)])   # A is gone
+        assert set(dp.enrolled()) == {b.ip}
+        assert a.veth not in dp.status()["tc"]
+        assert "clsact" not in sh("tc", "-n", node_ns, "qdisc", "show", "dev", a.veth)
+        assert dp.status()["tc"]["eth0"] == "lw_inbound"                # the uplink stays
+    finally:
+        dp.sync([(p, False) for p, _ in everyone])
+    assert dp.enrolled() == {}

@@ -90,6 +90,28 @@ def test_layouts_match_the_maps_the_kernel_made():
     assert not os.path.exists(f"/sys/fs/bpf/lw-{cluster}")
 
 
+def test_loader_with_netns_installs_the_policy_routing():
+    if os.geteuid() != 0:
+        pytest.fail("needs root: it loads eBPF programs and makes a namespace")
+    cluster = "t" + secrets.token_hex(3)
+    ns = f"lw-{cluster}-node1"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        p = loader("--cluster", cluster, "--node", "node1", "--netns", ns)
+        assert p.returncode == 0, p.stderr
+        rules = subprocess.run(["ip", "-n", ns, "rule", "show"], capture_output=True,
+                               text=True).stdout
+        assert "fwmark 0x4c57 lookup 19543" in rules
+        routes = subprocess.run(["ip", "-n", ns, "route", "show", "table", "19543"],
+                                capture_output=True, text=True).stdout
+        assert "local default dev lo" in routes
+        bad = loader("--cluster", cluster, "--node", "node1", "--netns", "lw-no-such-ns")
+        assert bad.returncode == 1 and "does not exist" in bad.stderr
+    finally:
+        pins.remove(cluster, "node1")
+        subprocess.run(["ip", "netns", "del", ns])
+
+
 def test_port_annotations_parse_and_reject_garbage():
     pod = Pod.from_annotations(ip="10.244.1.2", veth="lwv00000000",
                                annotations={EXCLUDE_OUTBOUND: " 8080, 9090,,",
