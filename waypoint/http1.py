@@ -1,0 +1,284 @@
+"""HTTP/1.1, sans-IO: bytes in, whole requests (or a protocol error) out; responses to bytes.
+
+Before: bytes from a downstream connection (`RequestReader.feed`) or an upstream one
+(`ResponseReader.feed`). After: `Request`/`Response` objects with lower-case header names and
+the whole body, or a `ProtocolError` carrying the status to answer (the connection is then
+closed). The proxy does the I/O; nothing here touches a socket.
+
+Parsing is llhttp (via httptools) in its strict mode, which already refuses the smuggling
+shapes — Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold, invalid
+characters in names and values, bare LF — and this layer adds what llhttp leaves to the
+application: a Transfer-Encoding other than `chunked` (501), a missing or repeated Host (400),
+a head larger than `max_head` bytes or with more than `max_headers` fields (431), a body over
+`max_body` (413). An `Upgrade` request is served as a plain request (RFC 9110 lets a server
+ignore Upgrade); the hop-by-hop headers are never forwarded (`HOP_BY_HOP`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httptools
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+    "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "host",
+    "http2-settings",
+})
+
+REASONS = {
+    200: "OK", 204: "No Content", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    408: "Request Timeout", 413: "Content Too Large", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1. `status` is what to answer (0: just close); `kind` counts it."""
+
+    def __init__(self, status: int, kind: str, detail: str = "") -> None:
+        super().__init__(f"{status} {kind}: {detail}" if detail else f"{status} {kind}")
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]            # lower-case names, in order
+    body: bytes = b""
+    keep_alive: bool = True
+    version: str = "1.1"
+    authority: str = ""
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    keep_alive: bool = True
+
+
+class RequestReader:
+    """Feed bytes from a client; get complete requests. One reader per connection."""
+
+    def __init__(self, *, max_head: int = 65536, max_headers: int = 100,
+                 max_body: int = 16 * 1024 * 1024) -> None:
+        self.max_head = max_head
+        self.max_headers = max_headers
+        self.max_body = max_body
+        self._parser = httptools.HttpRequestParser(self)
+        self._ready: list[Request] = []
+        self._head_raw = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._head_bytes = 0
+        self._in_head = False
+        self._head_done = False
+
+    # httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset()
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if len(self._headers) >= self.max_headers or self._head_bytes > self.max_head:
+            raise ProtocolError(431, "headers_too_large")
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_done = True
+        self._head_raw = 0
+        hosts = [v for n, v in self._headers if n == "host"]
+        if len(hosts) > 1:
+            raise ProtocolError(400, "duplicate_host")
+        te = [v for n, v in self._headers if n == "transfer-encoding"]
+        if te and (len(te) > 1 or te[0].strip().lower() != "chunked"):
+            raise ProtocolError(501, "unsupported_transfer_encoding", te[-1])
+        version = self._parser.get_http_version()
+        if version == "1.1" and not hosts:
+            raise ProtocolError(400, "missing_host")
+
+    def on_body(self, data: bytes) -> None:
+        self._body_len += len(data)
+        if self._body_len > self.max_body:
+            raise ProtocolError(413, "body_too_large")
+        self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        p = self._parser
+        headers = self._headers
+        authority = ""
+        for n, v in headers:
+            if n == "host":
+                authority = v
+                break
+        self._ready.append(Request(
+            method=p.get_method().decode("ascii"),
+            target=self._url.decode("latin-1"),
+            headers=headers,
+            body=b"".join(self._body) if self._body else b"",
+            keep_alive=p.should_keep_alive(),
+            version=p.get_http_version(),
+            authority=authority,
+        ))
+        self._head_done = False
+        self._head_raw = 0
+
+    # --------------------------------------------------------------------------------------
+    @property
+    def mid_request(self) -> bool:
+        """Some of a request has arrived but not all (for the slow-client timer)."""
+        return self._in_head or self._head_done
+
+    def feed(self, data: bytes) -> list[Request]:
+        if not self._head_done:
+            self._head_raw += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as up:
+            # The request before the upgrade point is complete; ignore the Upgrade and go on
+            # with a fresh parser for whatever follows.
+            offset = up.args[0] if up.args else len(data)
+            self._parser = httptools.HttpRequestParser(self)
+            rest = data[offset:]
+            if rest:
+                self.feed(rest)
+        except ProtocolError:
+            raise
+        except httptools.HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, ProtocolError):
+                raise cause from None
+            raise ProtocolError(400, "malformed", str(e)) from None
+        if self._in_head and self._head_raw > self.max_head + 8192:
+            raise ProtocolError(431, "headers_too_large")
+        ready, self._ready = self._ready, []
+        return ready
+
+
+class ResponseReader:
+    """Feed bytes from an upstream; `done` once a whole response has arrived."""
+
+    __slots__ = ("_parser", "status", "headers", "_body", "done", "keep_alive", "head_only",
+                 "_started")
+
+    def __init__(self, *, head_only: bool = False) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self.head_only = head_only
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self.done = False
+        self.keep_alive = True
+        self._started = False
+
+    def on_message_begin(self) -> None:
+        self._started = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if self.head_only or self.status in (204, 304) or 100 <= self.status < 200:
+            self.keep_alive = self._parser.should_keep_alive()
+            self.done = True
+
+    def on_body(self, data: bytes) -> None:
+        self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self._parser.should_keep_alive()
+        self.done = True
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if self.done:
+                return
+            raise ProtocolError(502, "upstream_malformed", str(e)) from None
+
+    def feed_eof(self) -> bool:
+        """The upstream closed: a response delimited by close is complete now."""
+        if self.done:
+            return True
+        if self._started and self.status and not any(
+                n in ("content-length", "transfer-encoding") for n, _ in self.headers):
+            self.keep_alive = False
+            self.done = True
+        return self.done
+
+    def response(self) -> Response:
+        return Response(self.status, self.headers, b"".join(self._body), self.keep_alive)
+
+
+def _head(first_line: str, headers: list[tuple[str, str]]) -> bytearray:
+    out = bytearray(first_line.encode("latin-1"))
+    for n, v in headers:
+        out += f"{n}: {v}\r\n".encode("latin-1")
+    out += b"\r\n"
+    return out
+
+
+def serialize_request(method: str, target: str, authority: str,
+                      headers: list[tuple[str, str]], body: bytes) -> bytes:
+    out = bytearray(f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n".encode("latin-1"))
+    for n, v in headers:
+        out += f"{n}: {v}\r\n".encode("latin-1")
+    if body or method in ("POST", "PUT", "PATCH"):
+        out += b"content-length: %d\r\n" % len(body)
+    out += b"\r\n"
+    if body:
+        out += body
+    return bytes(out)
+
+
+def serialize_response(status: int, headers: list[tuple[str, str]], body: bytes, *,
+                       keep_alive: bool, head: bool = False) -> bytes:
+    reason = REASONS.get(status, "")
+    out = bytearray(f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1"))
+    for n, v in headers:
+        out += f"{n}: {v}\r\n".encode("latin-1")
+    if status >= 200 and status not in (204, 304):
+        out += b"content-length: %d\r\n" % len(body)
+    if not keep_alive:
+        out += b"connection: close\r\n"
+    out += b"\r\n"
+    if body and not head:
+        out += body
+    return bytes(out)
+
+
+def error_response(status: int, body: bytes = b"", *, extra: list[tuple[str, str]] | None = None
+                   ) -> bytes:
+    headers = [("content-type", "text/plain")] + (extra or [])
+    return serialize_response(status, headers, body, keep_alive=False)

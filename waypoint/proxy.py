@@ -1,0 +1,945 @@
+"""The waypoint proxy: the one module that does asyncio.
+
+Before: a `WaypointSnapshot` (xDS client, or `bootstrap`), a listener address, optionally a
+TLS context whose client certificates carry the peers' SPIFFE IDs. After: requests arriving on
+the listener (HTTP/1.1, or HTTP/2 by prior knowledge or ALPN) go through the pipeline below and
+are forwarded over keep-alive HTTP/1.1 connections to the chosen endpoints; answers come back
+with the route's header operations; metrics and spans are recorded.
+
+Pipeline per request (every decision is made by a sans-IO module; this one only waits):
+  normalize the target (`paths`) → find the Service (`config`) → authorize (`authz`, 403)
+  → rate-limit (`ratelimit`, 429) → route (`router`, 404 when nothing matches) → fault
+  delay/abort → mirror (fire and forget) → admit (`pool`, 503 overflow) → tries: pick a
+  host (`outlier` + `balancer`), workload-scoped authorization, send with the per-try timeout,
+  report the outcome to outlier detection, retry per `retry` with jittered backoff — all
+  within the route timeout (504) → response header operations → metrics and span.
+Bad input is answered and counted (`http1`, `http2`), the connection closed, others untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from control.snapshot import Service, WaypointSnapshot
+from waypoint import authz as authz_mod
+from waypoint import http1, http2, retry
+from waypoint.balancer import Balancer
+from waypoint.config import Cluster, Host, WaypointConfig, fqdn
+from waypoint.outlier import OutlierDetector, OutlierSettings
+from waypoint.paths import BadTarget, normalize_target
+from waypoint.pool import PoolCounters, PoolLimits
+from waypoint.ratelimit import TokenBucket
+from waypoint.router import RequestView, apply_header_ops, select_route
+from waypoint.router import plan as make_plan
+from waypoint.telemetry import TRACE_HEADERS, Metrics, Tracing
+
+CONNECT_TIMEOUT_S = 5.0
+HEADER_TIMEOUT_S = 15.0       # a client has this long to finish a request it started
+IDLE_TIMEOUT_S = 300.0        # keep-alive connections idle this long are closed
+DROP_REQUEST_HEADERS = http1.HOP_BY_HOP | TRACE_HEADERS | {":method", ":path", ":scheme",
+                                                            ":authority"}
+
+
+class Overflow(Exception):
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class UpstreamFailure(Exception):
+    def __init__(self, outcome: str, detail: str = "", *, fresh: bool = True) -> None:
+        super().__init__(f"{outcome}: {detail}")
+        self.outcome = outcome
+        self.fresh = fresh  # False: a reused keep-alive connection broke before any byte
+
+
+@dataclass(slots=True)
+class Incoming:
+    method: str
+    target: str
+    authority: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    principal: str | None = None       # Istio form: cluster.local/ns/x/sa/y
+    source_ip: str | None = None
+    protocol: str = "http"             # "http", "http2" or "grpc" (metrics)
+
+
+@dataclass(slots=True)
+class Outgoing:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    flags: str = "-"
+
+
+# --- upstream ---------------------------------------------------------------------------------
+
+
+class UpstreamConn(asyncio.Protocol):
+    __slots__ = ("state", "host", "transport", "reader", "future", "closed", "served")
+
+    def __init__(self, state: ClusterState, host: Host) -> None:
+        self.state = state
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.reader: http1.ResponseReader | None = None
+        self.future: asyncio.Future | None = None
+        self.closed = False
+        self.served = 0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader, fut = self.reader, self.future
+        if reader is None or fut is None or fut.done():
+            self.close()  # bytes nobody asked for: this connection is out of step
+            return
+        try:
+            reader.feed(data)
+        except http1.ProtocolError as e:
+            fut.set_exception(UpstreamFailure(retry.RESET, e.kind))
+            self.close()
+            return
+        if reader.done:
+            fut.set_result(reader.response())
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed:
+            self.closed = True
+        fut, reader = self.future, self.reader
+        if fut is not None and not fut.done():
+            if reader is not None and reader.feed_eof():
+                fut.set_result(reader.response())
+            else:
+                started = reader is not None and reader.started
+                fut.set_exception(UpstreamFailure(
+                    retry.RESET, "upstream connection closed before a full response",
+                    fresh=self.served == 0 or started))
+        self.state.connection_closed(self)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def exchange(self, payload: bytes, *, head_only: bool) -> http1.Response:
+        self.reader = http1.ResponseReader(head_only=head_only)
+        self.future = fut = asyncio.get_running_loop().create_future()
+        self.transport.write(payload)  # type: ignore[union-attr]
+        try:
+            return await fut
+        finally:
+            self.future = None
+            self.served += 1
+
+
+class ClusterState:
+    """Live state of one cluster: balancer, outlier detector, pool limits and connections."""
+
+    def __init__(self, cluster: Cluster, *, rng: random.Random, now: float,
+                 metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.cluster = cluster
+        self.idle: dict[str, list[UpstreamConn]] = {}
+        self.waiters: deque[asyncio.Future] = deque()
+        self.in_flight: dict[str, int] = {}
+        self.rng = rng
+        self.outlier: OutlierDetector | None = None
+        self._configure(cluster, now)
+
+    def _configure(self, cluster: Cluster, now: float) -> None:
+        p = cluster.policy
+        self.cluster = cluster
+        self.balancer = Balancer(p.load_balancer.simple if p.load_balancer else None,
+                                 rng=self.rng)
+        limits = PoolLimits.from_istio(p.connection_pool)
+        if getattr(self, "counters", None) is None:
+            self.counters = PoolCounters(limits)
+        else:
+            self.counters.limits = limits
+        if p.outlier_detection is not None:
+            settings = OutlierSettings.from_istio(p.outlier_detection)
+            if self.outlier is None or self.outlier.settings != settings:
+                self.outlier = OutlierDetector(settings, now=now)
+        else:
+            self.outlier = None
+        self.addresses = [h.address for h in cluster.hosts]
+        self.by_address = {h.address: h for h in cluster.hosts}
+        if self.outlier is not None:
+            self.outlier.set_hosts(self.addresses)
+
+    def update(self, cluster: Cluster, now: float) -> None:
+        if cluster != self.cluster:
+            self._configure(cluster, now)
+
+    def pick(self, now: float, avoid: list[str]) -> Host | None:
+        candidates = self.addresses
+        if self.outlier is not None:
+            candidates = self.outlier.usable(candidates, now)
+        address = self.balancer.pick(candidates, lambda a: self.in_flight.get(a, 0), avoid=avoid)
+        return None if address is None else self.by_address[address]
+
+    def record(self, host: Host, outcome: int | str, now: float) -> None:
+        if self.outlier is not None:
+            before = len(self.outlier.events)
+            self.outlier.record(host.address, outcome, now)
+            for kind, _ in self.outlier.events[before:]:
+                if kind == "eject":
+                    self.metrics.ejections.labels(self.cluster.name).inc()
+            del self.outlier.events[:-100]
+
+    # --- connections --------------------------------------------------------------------
+    async def acquire(self, host: Host) -> UpstreamConn:
+        loop = asyncio.get_running_loop()
+        counters = self.counters
+        while True:
+            idle = self.idle.get(host.address)
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
+                    return conn
+            if counters.connections < counters.limits.max_connections:
+                counters.connections += 1
+                try:
+                    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                        _, conn = await loop.create_connection(
+                            lambda: UpstreamConn(self, host), host.ip, host.port)
+                except (OSError, TimeoutError) as e:
+                    counters.connections -= 1
+                    self._wake()
+                    raise UpstreamFailure(retry.CONNECT_FAILURE, str(e)) from None
+                except BaseException:
+                    counters.connections -= 1
+                    self._wake()
+                    raise
+                return conn
+            if self._close_an_idle_connection():
+                continue
+            if not counters.may_queue():
+                raise Overflow("pending")
+            fut = loop.create_future()
+            self.waiters.append(fut)
+            counters.pending += 1
+            try:
+                await fut
+            finally:
+                counters.pending -= 1
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(fut)
+
+    def _close_an_idle_connection(self) -> bool:
+        for conns in self.idle.values():
+            while conns:
+                conn = conns.pop()
+                if not conn.closed:
+                    conn.close()
+                    return False  # its slot frees when it is closed; wait for that
+        return False
+
+    def release(self, conn: UpstreamConn, *, reuse: bool) -> None:
+        limit = self.counters.limits.max_requests_per_connection
+        if reuse and not conn.closed and not (limit and conn.served >= limit):
+            self.idle.setdefault(conn.host.address, []).append(conn)
+            self._wake()
+        else:
+            conn.close()
+
+    def connection_closed(self, conn: UpstreamConn) -> None:
+        self.counters.connections -= 1
+        idle = self.idle.get(conn.host.address)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def close_all(self) -> None:
+        for conns in self.idle.values():
+            for c in conns:
+                c.close()
+        self.idle.clear()
+
+
+# --- the request pipeline -------------------------------------------------------------------
+
+_REASON_BODY = {
+    "NR": b"route not found", "UH": b"no healthy upstream", "UO": b"upstream overflow",
+    "UF": b"upstream connect error or disconnect/reset before headers. reset reason: "
+          b"connection failure",
+    "UC": b"upstream connect error or disconnect/reset before headers. reset reason: "
+          b"connection termination",
+    "UT": b"upstream request timeout", "FI": b"fault filter abort",
+    "RL": b"local_rate_limited", "RBAC": authz_mod.DENY_BODY,
+}
+
+
+class Waypoint:
+    def __init__(self, snapshot: WaypointSnapshot, *, default_service: str | None = None,
+                 metrics: Metrics | None = None, tracing: Tracing | None = None,
+                 rng: random.Random | None = None, clock=time.monotonic) -> None:
+        self.metrics = metrics or Metrics()
+        self.tracing = tracing or Tracing(service_name=f"waypoint.{snapshot.waypoint.namespace}")
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.default_service = default_service
+        self.clusters: dict[tuple[str, int, str], ClusterState] = {}
+        self.buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._retry_cache: dict[int, retry.RetryPolicy] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.update(snapshot)
+
+    def update(self, snapshot: WaypointSnapshot) -> None:
+        """Apply a new snapshot atomically; cluster state (ejections, connections) survives."""
+        self.config = WaypointConfig.compile(snapshot, default_service=self.default_service)
+        self._sources: dict[str, tuple[str, str, str, str]] = {}
+        for wl in snapshot.workloads.values():
+            self._sources.setdefault(
+                authz_mod.principal_of(wl.identity) or "",
+                (wl.labels.get("app", wl.name), wl.namespace, wl.labels.get("app", ""),
+                 wl.labels.get("version", "")))
+        now = self.clock()
+        for key, state in list(self.clusters.items()):
+            svc = snapshot.services.get(key[0])
+            cluster = self.config.cluster(svc, key[1], key[2]) if svc else None
+            if cluster is None:
+                state.close_all()
+                del self.clusters[key]
+            else:
+                state.update(cluster, now)
+        live = {(p.namespace, p.name) for p in snapshot.rate_limit_policies}
+        for key in list(self.buckets):
+            if tuple(key[0].split("/", 1)) not in live:
+                del self.buckets[key]
+
+    def state_for(self, cluster: Cluster) -> ClusterState:
+        st = self.clusters.get(cluster.key)
+        if st is None:
+            st = self.clusters[cluster.key] = ClusterState(
+                cluster, rng=self.rng, now=self.clock(), metrics=self.metrics)
+        elif st.cluster is not cluster:
+            st.update(cluster, self.clock())
+        return st
+
+    def close(self) -> None:
+        for st in self.clusters.values():
+            st.close_all()
+        for t in list(self._tasks):
+            t.cancel()
+
+    # -------------------------------------------------------------------------------------
+    async def handle(self, rq: Incoming) -> Outgoing:
+        start = self.clock()
+        headers = {}
+        for n, v in rq.headers:
+            headers[n] = f"{headers[n]}, {v}" if n in headers else v
+        span = self.tracing.start(f"{rq.method} {rq.authority}", headers)
+        svc: Service | None = None
+        host: Host | None = None
+        try:
+            svc, host, out = await self._pipeline(rq, headers, span, start)
+        except Exception as e:  # a bug must cost one request, never the connection
+            out = Outgoing(500, [("content-type", "text/plain")],
+                           f"waypoint error: {type(e).__name__}".encode(), "-")
+        span.set_attribute("http.response.status_code", out.status)
+        span.end()
+        self._observe(rq, svc, host, out, start)
+        return out
+
+    def _local(self, status: int, flags: str, extra: list[tuple[str, str]] | None = None,
+               body: bytes | None = None) -> Outgoing:
+        b = _REASON_BODY.get(flags, b"") if body is None else body
+        return Outgoing(status, [("content-type", "text/plain")] + (extra or []), b, flags)
+
+    async def _pipeline(self, rq: Incoming, headers: dict, span, start: float):
+        cfg = self.config
+        try:
+            target = normalize_target(rq.target)
+        except BadTarget as e:
+            return None, None, self._local(400, "-", body=f"bad request: {e}".encode())
+        svc = cfg.service_for(rq.authority)
+        if svc is None:
+            return None, None, self._local(404, "NR", body=b"no service for this host")
+        port = self._service_port(svc, rq.authority)
+        attrs = None
+        policies = cfg.authz_for_service(svc)
+        if policies:
+            attrs = authz_mod.RequestAttributes(rq.method, rq.authority, target.path, port,
+                                                rq.principal, rq.source_ip, headers)
+            if not authz_mod.evaluate(policies, attrs).allowed:
+                return svc, None, self._local(403, "RBAC")
+        for policy in cfg.ratelimits_for(svc):
+            key = (f"{policy.namespace}/{policy.name}", svc.uid)
+            bucket = self.buckets.get(key)
+            if bucket is None:
+                bucket = self.buckets[key] = TokenBucket.for_policy(policy, now=start)
+            verdict = bucket.take(start)
+            extra = []
+            if policy.spec.remaining_tokens_header:
+                extra.append((policy.spec.remaining_tokens_header.lower(),
+                              str(verdict.remaining)))
+            if not verdict.allowed:
+                self.metrics.ratelimited.labels(key[0]).inc()
+                return svc, None, self._local(policy.spec.status, "RL", extra)
+        view = RequestView(rq.method, rq.authority, target.path, target.query, headers)
+        routes = cfg.routes.get(svc.uid)
+        namespace = svc.namespace
+        if routes is None:
+            dest_svc, dest_port, subset = svc, port, ""
+            path, authority = target.path, rq.authority
+            req_ops = resp_ops = ()
+            timeout_s, policy, mirror, fault = None, retry.ISTIO_DEFAULT, None, None
+        else:
+            selected = select_route(routes, view)
+            if selected is None:
+                return svc, None, self._local(404, "NR")
+            route, match = selected
+            p = make_plan(route, match, view, self.rng)
+            namespace = cfg.route_owner[svc.uid].namespace
+            dest_svc = cfg.service_by_fqdn(p.destination.host, namespace)
+            if dest_svc is None:
+                return svc, None, self._local(503, "UH", body=b"no such destination service")
+            dest_port = p.destination.port.number if p.destination.port else (
+                port if any(sp.port == port for sp in dest_svc.ports)
+                else (dest_svc.ports[0].port if dest_svc.ports else port))
+            subset = p.destination.subset or ""
+            path, authority = p.path, p.authority or rq.authority
+            req_ops, resp_ops = p.request_ops, p.response_ops
+            timeout_s, policy, mirror, fault = p.timeout_s, p.retry, p.mirror, p.fault
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            if fault.abort_status is not None:
+                return svc, None, self._local(fault.abort_status, "FI")
+        cluster = cfg.cluster(dest_svc, dest_port, subset)
+        if cluster is None or not cluster.hosts:
+            return svc, None, self._local(503, "UH")
+        state = self.state_for(cluster)
+        # The upstream request.
+        out_headers = [(n, v) for n, v in rq.headers if n not in DROP_REQUEST_HEADERS]
+        for ops in req_ops:
+            apply_header_ops(out_headers, ops)
+        if "x-request-id" not in headers:
+            out_headers.append(("x-request-id", str(uuid.uuid4())))
+        out_headers.append(("x-forwarded-proto", "https" if rq.principal else "http"))
+        out_headers += Tracing.propagation_headers(span, headers)
+        uri = f"{path}?{target.query}" if target.query else path
+        if mirror is not None:
+            self._start_mirror(mirror, namespace, dest_port, rq.method, uri, authority,
+                               out_headers, rq.body)
+        host, out = await self._forward(state, policy, timeout_s, rq, uri, authority,
+                                        out_headers, attrs, target.path, port, headers)
+        for ops in resp_ops:
+            apply_header_ops(out.headers, ops)
+        return svc, host, out
+
+    @staticmethod
+    def _service_port(svc: Service, authority: str) -> int:
+        if authority.count(":") == 1:
+            try:
+                p = int(authority.rsplit(":", 1)[1])
+                if any(sp.port == p for sp in svc.ports):
+                    return p
+            except ValueError:
+                pass
+        return svc.ports[0].port if svc.ports else 80
+
+    async def _forward(self, state: ClusterState, policy: retry.RetryPolicy,
+                       timeout_s: float | None, rq: Incoming, uri: str, authority: str,
+                       headers: list[tuple[str, str]], attrs, path: str, port: int,
+                       req_headers: dict) -> tuple[Host | None, Outgoing]:
+        counters = state.counters
+        if not counters.admit_request():
+            self.metrics.overflow.labels(state.cluster.name, "requests").inc()
+            return None, self._local(503, "UO", [("x-envoy-overloaded", "true")])
+        payload = http1.serialize_request(rq.method, uri, authority, headers, rq.body)
+        head_only = rq.method == "HEAD"
+        tried: list[str] = []
+        host: Host | None = None
+        last: Outgoing | None = None
+        retries = 0
+        holding_retry = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    now = self.clock()
+                    host = state.pick(now, tried)
+                    if host is None:
+                        return None, self._local(503, "UH")
+                    wl_policies = self.config.authz_for_workload(host.workload)
+                    if wl_policies:
+                        a = attrs or authz_mod.RequestAttributes(
+                            rq.method, rq.authority, path, port, rq.principal, rq.source_ip,
+                            req_headers)
+                        if not authz_mod.evaluate(wl_policies, a).allowed:
+                            return host, self._local(403, "RBAC")
+                    tried.append(host.address)
+                    try:
+                        resp = await asyncio.wait_for(
+                            self._try(state, host, payload, head_only), policy.per_try_timeout_s)
+                        outcome: int | str = resp.status
+                        last = Outgoing(resp.status, [(n, v) for n, v in resp.headers
+                                                      if n not in http1.HOP_BY_HOP],
+                                        resp.body, "-")
+                    except TimeoutError:
+                        outcome, last = retry.TIMEOUT, self._local(504, "UT")
+                    except UpstreamFailure as e:
+                        outcome = e.outcome
+                        last = self._local(503, "UF" if outcome == retry.CONNECT_FAILURE
+                                           else "UC")
+                    except Overflow as e:
+                        self.metrics.overflow.labels(state.cluster.name, e.limit).inc()
+                        return host, self._local(503, "UO", [("x-envoy-overloaded", "true")])
+                    state.record(host, outcome, self.clock())
+                    if holding_retry:
+                        counters.retries -= 1
+                        holding_retry = False
+                    if retries >= policy.attempts or not policy.retriable(outcome):
+                        return host, last
+                    if not counters.admit_retry():
+                        self.metrics.overflow.labels(state.cluster.name, "retries").inc()
+                        return host, last
+                    holding_retry = True
+                    retries += 1
+                    await asyncio.sleep(policy.backoff_s(retries, self.rng))
+        except TimeoutError:
+            return host, self._local(504, "UT")
+        finally:
+            counters.requests -= 1
+            if holding_retry:
+                counters.retries -= 1
+
+    async def _try(self, state: ClusterState, host: Host, payload: bytes,
+                   head_only: bool) -> http1.Response:
+        for _ in range(2):
+            conn = await state.acquire(host)
+            state.in_flight[host.address] = state.in_flight.get(host.address, 0) + 1
+            try:
+                resp = await conn.exchange(payload, head_only=head_only)
+            except UpstreamFailure as e:
+                conn.abort()
+                if not e.fresh:
+                    continue  # a pooled connection the upstream had closed: use a new one
+                raise
+            except BaseException:
+                conn.abort()
+                raise
+            finally:
+                state.in_flight[host.address] -= 1
+            state.release(conn, reuse=resp.keep_alive)
+            return resp
+        raise UpstreamFailure(retry.RESET, "pooled connections kept failing")
+
+    def _start_mirror(self, dest, namespace: str, port: int, method: str, uri: str,
+                      authority: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        svc = self.config.service_by_fqdn(dest.host, namespace)
+        if svc is None:
+            return
+        cluster = self.config.cluster(svc, dest.port.number if dest.port else port,
+                                      dest.subset or "")
+        if cluster is None or not cluster.hosts:
+            return
+        state = self.state_for(cluster)
+        host_part, sep, port_part = authority.partition(":")
+        shadow = f"{host_part}-shadow{sep}{port_part}"
+        payload = http1.serialize_request(method, uri, shadow, headers, body)
+
+        async def run() -> None:
+            h = state.pick(self.clock(), [])
+            if h is None:
+                return
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(30):
+                    await self._try(state, h, payload, method == "HEAD")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _observe(self, rq: Incoming, svc: Service | None, host: Host | None, out: Outgoing,
+                 start: float) -> None:
+        src = self._sources.get(rq.principal or "", ("unknown", "unknown", "unknown", "unknown"))
+        if svc is not None:
+            dsvc, dname, dns = svc.hostname, svc.name, svc.namespace
+        else:
+            dsvc = dname = dns = "unknown"
+        if host is not None:
+            wl = self.config.workload(host.workload)
+            dwl = wl.labels.get("app", wl.name) if wl else host.workload
+            dwns = wl.namespace if wl else dns
+            dprin = authz_mod.principal_of(wl.identity) if wl else "unknown"
+            dapp = wl.labels.get("app", "unknown") if wl else "unknown"
+            dver = host.version
+        else:
+            dwl = dwns = dprin = dapp = dver = "unknown"
+        labels = ("waypoint", src[0], src[1], rq.principal or "unknown", src[2] or "unknown",
+                  src[3] or "unknown", dwl, dwns, dprin or "unknown", dapp, dver, dsvc, dname,
+                  dns, rq.protocol, str(out.status), "-", out.flags,
+                  "mutual_tls" if rq.principal else "none")
+        self.metrics.observe(labels, (self.clock() - start) * 1000.0, len(rq.body),
+                             len(out.body))
+
+
+# --- downstream -------------------------------------------------------------------------------
+
+
+def peer_principal(transport) -> str | None:
+    """The Istio principal of a TLS peer: its certificate's one SPIFFE URI SAN."""
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    if not der:
+        return None
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)
+            if u.startswith("spiffe://")]
+    return authz_mod.principal_of(uris[0]) if len(uris) == 1 else None
+
+
+class Downstream(asyncio.Protocol):
+    """One client connection: HTTP/1.1 until the HTTP/2 preface or ALPN says otherwise."""
+
+    def __init__(self, server: WaypointServer) -> None:
+        self.server = server
+        self.waypoint = server.waypoint
+        self.metrics = server.waypoint.metrics
+        self.reader = http1.RequestReader(max_head=server.max_head)
+        self.queue: deque[http1.Request] = deque()
+        self.task: asyncio.Task | None = None
+        self.h2: http2.H2Server | None = None
+        self.h2_tasks: dict[int, asyncio.Task] = {}
+        self.transport = None
+        self.principal: str | None = None
+        self.source_ip: str | None = None
+        self.sniff = b""
+        self.closed = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.source_ip = peer[0] if peer else None
+        self.principal = peer_principal(transport)
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
+            self._start_h2()
+        self._arm(IDLE_TIMEOUT_S, "idle")
+
+    def _arm(self, delay: float, why: str) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(delay, self._timeout, why)
+
+    def _timeout(self, why: str) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        if why == "slow" and self.h2 is None:
+            self.metrics.protocol_error("http1", "slow_client")
+            self.transport.write(http1.error_response(408, b"request timeout"))
+        self._close()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        for t in self.h2_tasks.values():
+            t.cancel()
+        if self.task is not None:
+            self.task.cancel()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _start_h2(self) -> None:
+        self.h2 = http2.H2Server(max_head=self.server.max_head)
+        self.transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self._h2_data(data)
+            return
+        if self.sniff is not None:
+            buf = self.sniff + data
+            if len(buf) < len(http2.PREFACE) and http2.PREFACE.startswith(buf):
+                self.sniff = buf
+                return
+            self.sniff = None  # type: ignore[assignment]
+            data = buf
+            if buf.startswith(http2.PREFACE):
+                self._start_h2()
+                self._h2_data(data)
+                return
+        try:
+            requests = self.reader.feed(data)
+        except http1.ProtocolError as e:
+            self.metrics.protocol_error("http1", e.kind)
+            if e.status:
+                self.transport.write(http1.error_response(e.status, e.kind.encode()))
+            self._close()
+            return
+        if requests:
+            self.queue.extend(requests)
+            if self.task is None:
+                self.task = asyncio.get_running_loop().create_task(self._serve())
+            if len(self.queue) > 32:
+                self.transport.pause_reading()
+        if self.reader.mid_request:
+            if self.timer is None or self.timer_why != "slow":
+                self.timer_why = "slow"
+                self._arm(HEADER_TIMEOUT_S, "slow")
+        elif not self.queue:
+            self.timer_why = "idle"
+            self._arm(IDLE_TIMEOUT_S, "idle")
+
+    timer_why = "idle"
+
+    async def _serve(self) -> None:
+        try:
+            while self.queue and not self.closed:
+                req = self.queue.popleft()
+                if len(self.queue) <= 8:
+                    with contextlib.suppress(Exception):
+                        self.transport.resume_reading()
+                out = await self.waypoint.handle(Incoming(
+                    req.method, req.target, req.authority, req.headers, req.body,
+                    self.principal, self.source_ip, "http"))
+                keep = req.keep_alive and not self.server.draining
+                if self.closed:
+                    return
+                self.transport.write(http1.serialize_response(
+                    out.status, out.headers, out.body, keep_alive=keep,
+                    head=req.method == "HEAD"))
+                if not keep:
+                    self._close()
+                    return
+        finally:
+            self.task = None
+        if not self.closed and not self.reader.mid_request:
+            self.timer_why = "idle"
+            self._arm(IDLE_TIMEOUT_S, "idle")
+
+    # --- HTTP/2 ---------------------------------------------------------------------------
+    def _h2_data(self, data: bytes) -> None:
+        h2c = self.h2
+        events = h2c.feed(data, time.monotonic())
+        for kind in h2c.errors:
+            self.metrics.protocol_error("http2", kind)
+        h2c.errors.clear()
+        loop = asyncio.get_running_loop()
+        for ev in events:
+            if isinstance(ev, int):
+                t = self.h2_tasks.pop(ev, None)
+                if t is not None:
+                    t.cancel()
+                continue
+            self.h2_tasks[ev.stream_id] = loop.create_task(self._h2_stream(ev))
+        out = h2c.data_to_send()
+        if out:
+            self.transport.write(out)
+        if h2c.closed:
+            self._close()
+        else:
+            self._arm(IDLE_TIMEOUT_S, "idle")
+
+    async def _h2_stream(self, ev: http2.RequestReady) -> None:
+        try:
+            method, path = ev.pseudo(":method"), ev.pseudo(":path")
+            authority = ev.pseudo(":authority") or next(
+                (v for n, v in ev.headers if n == "host"), "")
+            headers = [(n, v) for n, v in ev.headers if not n.startswith(":")]
+            ctype = next((v for n, v in headers if n == "content-type"), "")
+            out = await self.waypoint.handle(Incoming(
+                method, path, authority, headers, ev.body, self.principal, self.source_ip,
+                "grpc" if ctype.startswith("application/grpc") else "http2"))
+            if self.closed or self.h2 is None:
+                return
+            self.h2.respond(ev.stream_id, out.status, out.headers, out.body)
+            data = self.h2.data_to_send()
+            if data:
+                self.transport.write(data)
+        finally:
+            self.h2_tasks.pop(ev.stream_id, None)
+
+
+class _MetricsProtocol(asyncio.Protocol):
+    """:15020 — `GET /metrics` (Prometheus text) and `GET /healthz/ready`."""
+
+    def __init__(self, server: WaypointServer) -> None:
+        self.server = server
+        self.reader = http1.RequestReader(max_head=8192)
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        try:
+            reqs = self.reader.feed(data)
+        except http1.ProtocolError:
+            self.transport.close()
+            return
+        for req in reqs:
+            path = req.target.split("?", 1)[0]
+            if path == "/metrics":
+                body = generate_latest(self.server.waypoint.metrics.registry)
+                out = http1.serialize_response(200, [("content-type", CONTENT_TYPE_LATEST)],
+                                               body, keep_alive=req.keep_alive)
+            elif path in ("/healthz/ready", "/healthz"):
+                out = http1.serialize_response(200, [], b"ready\n", keep_alive=req.keep_alive)
+            else:
+                out = http1.serialize_response(404, [], b"not found\n",
+                                               keep_alive=req.keep_alive)
+            self.transport.write(out)
+            if not req.keep_alive:
+                self.transport.close()
+                return
+
+
+class WaypointServer:
+    def __init__(self, waypoint: Waypoint, *, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None, metrics_port: int | None = None,
+                 metrics_host: str | None = None, max_head: int = 65536) -> None:
+        self.waypoint = waypoint
+        self.host, self.port = host, port
+        self.ssl_context = ssl_context
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host or host
+        self.max_head = max_head
+        self.connections: set[Downstream] = set()
+        self.draining = False
+        self._servers: list[asyncio.AbstractServer] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(lambda: Downstream(self), self.host, self.port,
+                                       ssl=self.ssl_context, backlog=4096, reuse_address=True)
+        self._servers.append(srv)
+        self.port = srv.sockets[0].getsockname()[1]
+        if self.metrics_port is not None:
+            m = await loop.create_server(lambda: _MetricsProtocol(self), self.metrics_host,
+                                         self.metrics_port, reuse_address=True)
+            self._servers.append(m)
+            self.metrics_port = m.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.draining = True
+        for s in self._servers:
+            s.close()
+        for c in list(self.connections):
+            c._close()
+        self.waypoint.close()
+        for s in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.wait_closed(), 2)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class WaypointThread:
+    """A waypoint on its own event loop in a background thread (tests, embedding).
+
+    `with WaypointThread(snapshot, ...) as wp:` serves on `wp.port` (and `wp.metrics_port`);
+    `wp.update(snapshot)` applies a new snapshot; leaving the block stops it and closes every
+    connection.
+    """
+
+    def __init__(self, snapshot: WaypointSnapshot, *, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None, metrics_port: int | None = 0,
+                 default_service: str | None = None, tracing: Tracing | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.loop = new_event_loop()
+        self.waypoint = Waypoint(snapshot, default_service=default_service, tracing=tracing,
+                                 rng=rng)
+        self.server = WaypointServer(self.waypoint, host=host, port=port,
+                                     ssl_context=ssl_context, metrics_port=metrics_port)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="waypoint")
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.server.metrics_port
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.waypoint.metrics
+
+    def call(self, fn, *args):
+        async def run():
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def update(self, snapshot: WaypointSnapshot) -> None:
+        self.call(self.waypoint.update, snapshot)
+
+    def start(self) -> WaypointThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> WaypointThread:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(snapshot: WaypointSnapshot, **options) -> Iterator[WaypointThread]:
+    with WaypointThread(snapshot, **options) as wp:
+        yield wp
+
+
+__all__ = ["Waypoint", "WaypointServer", "WaypointThread", "Incoming", "Outgoing", "running",
+           "fqdn"]
