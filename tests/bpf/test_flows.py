@@ -78,3 +78,16 @@ def test_flow_table_refuses_a_map_of_another_layout():
                             max_entries=4, name="lw_t_old")
     with syscall.Map(fd) as m, pytest.raises(ValueError, match="reload the programs"):
         FlowTable(m)
+
+
+def test_the_aggregation_benchmark_runs_and_agrees():
+    import json
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "perf.bench_flow_agg", "--records", "300",
+                        "--pairs", "20", "--repeat", "1", "-o", "json"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr        # it asserts numpy/numba == plain Python itself
+    out = json.loads(p.stdout)
+    assert out["rows"][0]["records"] == 300 and out["import_rss_kib"]["numpy"] > 0
