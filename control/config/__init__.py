@@ -3,7 +3,8 @@
 What to import (every part imports from here; nothing is copied):
 - reading files or bytes: `control.config.loader.load_documents` -> `[Document]`
   (size, depth, alias and encoding limits; a `ConfigError` otherwise);
-- checking and typing: `control.config.validate.validate_documents(docs)` ->
+- checking and typing (also importable from `control.config` itself):
+  `control.config.validate.validate_documents(docs)` ->
   `(resources, problems)`, or `parse(doc)` -> one resource / `ConfigError`. Pure functions.
   Local mode's `apply` and the control plane's config source call these;
 - the model the compiler, waypoint and node tunnel consume: `control.config.model`
@@ -23,7 +24,10 @@ schema, one module per kind family), `validate` (the pipeline), `analyze` (acros
 
 from control.config.errors import INVALID, UNSUPPORTED, WARNING, ConfigError, Problem
 from control.config.loader import Document, load_documents
+from control.config.model import Resource
+from control.config.validate import parse, validate_document, validate_documents
 
 __all__ = [
     "INVALID", "UNSUPPORTED", "WARNING", "ConfigError", "Problem", "Document", "load_documents",
+    "Resource", "parse", "validate_document", "validate_documents",
 ]
