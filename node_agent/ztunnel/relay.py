@@ -159,6 +159,8 @@ class Side(asyncio.Protocol):
         if self.eof:
             return
         self.eof = True
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(ConnectionResetError("closed during the TLS handshake"))
         if self.relaying:
             peer = self.peer
             peer.send_eof()
