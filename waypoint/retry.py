@@ -14,8 +14,8 @@ connect), `reset` (the connection broke before a full response), `timeout` (per-
 - `retriable-4xx`: 409;
 - `retriable-status-codes`, and numeric items (Istio writes `503,connect-failure`): the listed
   statuses;
-- `refused-stream`, `cancelled`, `unavailable`, ...: gRPC/HTTP/2 conditions, honoured where a
-  matching outcome exists (`refused-stream` → a reset before any response byte).
+- `refused-stream`, `cancelled`, `unavailable`, ...: HTTP/2 and gRPC conditions; upstreams
+  are spoken to in HTTP/1.1 here, so they never occur (accepted, never matched).
 Istio's default when a route sets no `retries`: 2 attempts on
 `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503.
 `attempts: 0` turns retries off.
@@ -85,7 +85,7 @@ class RetryPolicy:
         if outcome == CONNECT_FAILURE:
             return bool(on & {"connect-failure", "gateway-error", "reset"})
         if outcome == RESET:
-            return bool(on & {"reset", "refused-stream"})
+            return "reset" in on
         if outcome == TIMEOUT:
             return bool(on & {"reset", "gateway-error"})
         return False
