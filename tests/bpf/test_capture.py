@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -287,3 +288,39 @@ def test_sync_makes_the_kernel_match_the_node_pods(topo, dp, relay, servers):
     finally:
         dp.sync([(p, False) for p, _ in everyone])
     assert dp.enrolled() == {}
+
+
+def test_cluster_ip_reaches_the_tunnel_undnatted_when_dnat_skips_the_mark(topo, dp, relay,
+                                                                          servers):
+    """The local cluster DNATs cluster IPs with nftables in the node namespace. Its
+    prerouting DNAT must let packets with the capture mark through untouched
+    (`meta mark 0x4c57 accept`): then the tunnel sees the cluster IP as the destination,
+    and the flow's later packets still find the tunnel's socket."""
+    a, _b, c, d, _e = pods(topo)
+    node_ns = topo.nodes[0].name
+    table = f"""
+table ip lwtest {{
+    chain pre {{ type nat hook prerouting priority dstnat; meta mark 0x4c57 accept;
+                 ip daddr 10.96.0.10 tcp dport 80 dnat to {d.ip}:8080; }}
+    chain out {{ type nat hook output priority -100;
+                 ip daddr 10.96.0.10 tcp dport 80 dnat to {d.ip}:8080; }}
+}}
+"""
+    subprocess.run(["ip", "netns", "exec", node_ns, "nft", "-f", "-"], input=table, text=True,
+                   check=True)
+    # the relay (the tunnel) dials the cluster IP from the node: it needs a route to DNAT
+    sh("ip", "-n", node_ns, "route", "add", "10.96.0.0/16", "dev", "eth0")
+    dp.enroll(_pod(a))
+    try:
+        seen, _ = ask_who(c.name, "10.96.0.10", 80)           # unenrolled: plain DNAT
+        assert seen.startswith(c.ip + ":")
+        relay.drain()
+        got, mine = transfer(a.name, "10.96.0.10", 80, send=300_000, receive=200_000)
+        assert got == 200_000                                   # the whole flow went through
+        accepted = relay.next()
+        assert accepted["listener"] == 15001
+        assert accepted["local"] == ["10.96.0.10", 80]          # the cluster IP, not D
+    finally:
+        dp.leave(_pod(a))
+        subprocess.run(["ip", "netns", "exec", node_ns, "nft", "delete", "table", "ip", "lwtest"])
+        subprocess.run(["ip", "-n", node_ns, "route", "del", "10.96.0.0/16"])
