@@ -62,7 +62,11 @@ def test_allow_with_no_rules_denies_everything():
 
 
 def test_deny_with_no_rules_denies_nothing():
-    assert decide([pol("  action: DENY")], peer(API)).allowed
+    # The validator refuses this; the tunnel still must not treat it as deny-all.
+    from control.config.model import AuthorizationPolicy, AuthorizationPolicySpec, ObjectMeta
+    p = AuthorizationPolicy(meta=ObjectMeta(name="d", namespace="shop"),
+                            spec=AuthorizationPolicySpec(action="DENY"))
+    assert decide([p], peer(API)).allowed
 
 
 def test_not_forms_and_wildcards():

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from control.ca.authority import CertificateAuthority
-from control.ca.spiffe_id import workload_id
 from node_agent.certs.manager import WorkloadCertificate
 from node_agent.certs.tls import ssl_context
 from node_agent.ztunnel import wire

@@ -46,7 +46,7 @@ def test_port_level():
     wl = pa("""  selector: {matchLabels: {app: db}}
   mtls: {mode: STRICT}
   portLevelMtls:
-    9090: {mode: PERMISSIVE}""")
+    "9090": {mode: PERMISSIVE}""")
     assert mode([wl], port=8080) == "STRICT"
     assert mode([wl], port=9090) == "PERMISSIVE"
     assert not peerauth.accepts_plaintext(mode([wl], port=8080))
