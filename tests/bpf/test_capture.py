@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import time
 
@@ -18,7 +19,7 @@ from node_agent.bpf import syscall
 from node_agent.bpf.attach import cgroup2_root
 from tests.bpf.conftest import _pod
 from tests.bpf.netapps import ask_who, connect, transfer
-from tests.bpf.topology import sh
+from tests.bpf.topology import in_netns, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -324,3 +325,45 @@ table ip lwtest {{
         dp.leave(_pod(a))
         subprocess.run(["ip", "netns", "exec", node_ns, "nft", "delete", "table", "ip", "lwtest"])
         subprocess.run(["ip", "-n", node_ns, "route", "del", "10.96.0.0/16"])
+
+
+def _transparent_who(node_ns: str, source_ip: str, dest: tuple[str, int], *,
+                     timeout: float = 3) -> str:
+    """What the tunnel does for an enrolled client: dial from the node with the client's
+    address as source (IP_TRANSPARENT). Returns what the server saw."""
+    def dial():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_IP, 19, 1)                   # IP_TRANSPARENT
+        s.settimeout(timeout)
+        s.bind((source_ip, 0))
+        s.connect(dest)
+        return s
+
+    with in_netns(node_ns, dial) as s:
+        s.sendall(b"who\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return data.decode().strip()
+
+
+def test_replies_to_flows_the_tunnel_originated_go_to_the_tunnel(topo, dp, relay, servers):
+    """Replies addressed to an enrolled pod's address, for a connection the tunnel opened in
+    that pod's name, reach the tunnel's socket — from another node (uplink) and from pods on
+    this node (enrolled or not) — instead of being routed to the pod."""
+    a, b, _c, d, e = pods(topo)
+    node_ns = topo.nodes[0].name
+    dp.enroll(_pod(a))
+    dp.enroll(_pod(b))
+    try:
+        relay.drain()
+        assert _transparent_who(node_ns, a.ip, (e.ip, 8080)).startswith(a.ip + ":")   # uplink
+        assert _transparent_who(node_ns, a.ip, (d.ip, 8080)).startswith(a.ip + ":")   # unenrolled
+        assert _transparent_who(node_ns, a.ip, (b.ip, 8080)).startswith(a.ip + ":")   # enrolled
+        assert relay.drain() == []                  # none of it was taken for a new capture
+    finally:
+        dp.leave(_pod(a))
+        dp.leave(_pod(b))
+    # without the datapath the reply is routed to the pod itself, and the dial fails
+    with pytest.raises(OSError):
+        _transparent_who(node_ns, a.ip, (e.ip, 8080), timeout=1)
