@@ -11,6 +11,9 @@ Reading is defensive, because the bytes come from anyone:
   longer than `MAX_DOCUMENT_CHARS` is refused too (Kubernetes' object size limit);
 - input that is not UTF-8 (after an optional BOM) is refused;
 - nesting deeper than `MAX_DEPTH` is refused while composing, before Python recursion is at risk;
+- more than `MAX_NODES_PER_DOCUMENT` nodes in a document, or `MAX_NODES_PER_FILE` in a file, is
+  refused before the document is built (parsing costs hundreds of bytes per node), and so is
+  a file of more than `MAX_DOCUMENTS_PER_FILE` documents;
 - aliases are counted (`MAX_ALIASES`) and the size of each document *as if every alias were
   expanded* is bounded (`MAX_EXPANDED_NODES`), so a "billion laughs" document is an error,
   not a memory blow-up; a recursive alias is an error too;
@@ -36,6 +39,11 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DOCUMENT_CHARS = 1536 * 1024
 MAX_DEPTH = 64
 MAX_ALIASES = 1000
+# Nodes as written (scalars and collections). A mesh resource has hundreds; parsing costs
+# hundreds of bytes per node, so these bound memory, not just time.
+MAX_NODES_PER_DOCUMENT = 100_000
+MAX_NODES_PER_FILE = 1_000_000
+MAX_DOCUMENTS_PER_FILE = 50_000
 MAX_EXPANDED_NODES = 1_000_000
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -106,9 +114,15 @@ class _PyLoader(_KubeRules, yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._aliases = 0
+        self._nodes = 0
+        self._file_nodes = 0
 
     def compose_document(self):  # type: ignore[no-untyped-def]
         self._aliases = 0
+        self._nodes = 0
+        self._documents = getattr(self, "_documents", 0) + 1
+        if self._documents > MAX_DOCUMENTS_PER_FILE:
+            raise _LimitExceeded(f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file; split it")
         node = super().compose_document()
         if node is not None and node.end_mark.index - node.start_mark.index > MAX_DOCUMENT_CHARS:
             raise _LimitExceeded(f"document longer than {MAX_DOCUMENT_CHARS} characters")
@@ -119,6 +133,9 @@ class _PyLoader(_KubeRules, yaml.SafeLoader):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 raise _LimitExceeded(f"more than {MAX_ALIASES} aliases in one document")
+        self._nodes += 1
+        self._file_nodes += 1
+        _check_nodes(self._nodes, self._file_nodes, None)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -140,17 +157,31 @@ else:  # pragma: no cover - libyaml is present on the supported platforms
     _CLoader = None  # type: ignore[assignment,misc]
 
 
+def _check_nodes(nodes: int, file_nodes: int, index: int | None) -> None:
+    if nodes > MAX_NODES_PER_DOCUMENT:
+        raise _LimitExceeded(f"more than {MAX_NODES_PER_DOCUMENT} nodes in one document", index)
+    if file_nodes > MAX_NODES_PER_FILE:
+        raise _LimitExceeded(f"more than {MAX_NODES_PER_FILE} nodes in one file; split it", index)
+
+
 def _check_events(text: str) -> None:
     """First pass for the libyaml loader: depth and alias limits, document by document."""
     parser = yaml.CSafeLoader(text)
-    depth = aliases = start = 0
+    depth = aliases = start = nodes = file_nodes = 0
     index = -1
     try:
         while parser.check_event():
             event = parser.get_event()
+            if isinstance(event, (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                nodes += 1
+                file_nodes += 1
+                if nodes > MAX_NODES_PER_DOCUMENT or file_nodes > MAX_NODES_PER_FILE:
+                    _check_nodes(nodes, file_nodes, max(index, 0))
             if isinstance(event, yaml.DocumentStartEvent):
                 index += 1
-                aliases = 0
+                if index >= MAX_DOCUMENTS_PER_FILE:
+                    raise _LimitExceeded(f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file; split it", index)
+                aliases = nodes = 0
                 start = event.start_mark.index
             elif isinstance(event, yaml.DocumentEndEvent):
                 if event.end_mark.index - start > MAX_DOCUMENT_CHARS:

@@ -141,3 +141,18 @@ def test_a_document_over_the_object_size_limit_is_refused(monkeypatch):
     assert "document 1" in message and "document longer than" in message
     monkeypatch.setattr(loader, "_CLoader", None)
     assert "document longer than" in refused(data)
+
+
+@pytest.mark.parametrize("python_loader", [False, True])
+def test_node_and_document_counts_are_bounded(monkeypatch, python_loader):
+    if python_loader:
+        monkeypatch.setattr(loader, "_CLoader", None)
+    monkeypatch.setattr(loader, "MAX_NODES_PER_DOCUMENT", 1000)
+    monkeypatch.setattr(loader, "MAX_NODES_PER_FILE", 3000)
+    monkeypatch.setattr(loader, "MAX_DOCUMENTS_PER_FILE", 100)
+    dense = "a: [" + ", ".join(["1"] * 2000) + "]\n"
+    assert "nodes in one document" in refused(dense.encode())
+    many = "---\n".join(["a: [" + ", ".join(["1"] * 500) + "]\n"] * 8)
+    assert "nodes in one file" in refused(many.encode())
+    assert "documents in one file" in refused(b"---\na: 1\n" * 101)
+    assert len(load_documents(b"---\na: 1\n" * 99)) == 99
