@@ -164,7 +164,7 @@ class RequestReader:
             self._parser = httptools.HttpRequestParser(self)
             rest = data[offset:]
             if rest:
-                self.feed(rest)
+                return self.feed(rest)  # returns everything ready, the upgrade request too
         except ProtocolError:
             raise
         except httptools.HttpParserError as e:

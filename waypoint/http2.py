@@ -78,7 +78,8 @@ class H2Server:
     def _goaway(self, code: h2.errors.ErrorCodes, kind: str) -> None:
         self.errors.append(kind)
         try:
-            self.conn.close_connection(error_code=code)
+            if self.conn.state_machine.state != h2.connection.ConnectionState.CLOSED:
+                self.conn.close_connection(error_code=code)
         except h2.exceptions.ProtocolError:
             pass
         self.closed = True
