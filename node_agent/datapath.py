@@ -21,14 +21,14 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
 from node_agent.bpf import attach, layout, pins, programs
-from node_agent.bpf.flows import FlowRecord, FlowTable, L4Totals, PairTotals
+from node_agent.bpf.flows import FlowRecord, FlowTable, L4Totals, PairTotals, by_workload
 from node_agent.bpf.settings import DEFAULT, Settings, pin_dir
 from node_agent.bpf.syscall import Map, obj_get, prog_get_fd_by_id, prog_info
 
@@ -379,10 +379,19 @@ class Datapath:
     def l4_totals(self) -> dict[tuple[str, str, str], PairTotals]:
         """Monotonic totals per (source ip, destination ip, kind) for istio_tcp_* metrics.
         Counts closed connections once and then removes their records from the kernel."""
+        return {(layout.ip_from_u32(s), layout.ip_from_u32(d), layout.KIND_NAMES.get(k, str(k))): t
+                for (s, d, k), t in self._l4().update().items()}
+
+    def l4_by_workload(self, workload_of: Callable[[str], str | None]
+                       ) -> dict[tuple[str, str, str], PairTotals]:
+        """The same totals per (source workload, destination workload, reporter), for the
+        istio_tcp_* exporter; `workload_of(ip)` names a pod's workload (None: "unknown")."""
+        return by_workload(self._l4().update(), workload_of)
+
+    def _l4(self) -> L4Totals:
         if self._totals is None:
             self._totals = L4Totals(FlowTable(self._map("lw_flows")))
-        return {(layout.ip_from_u32(s), layout.ip_from_u32(d), layout.KIND_NAMES.get(k, str(k))): t
-                for (s, d, k), t in self._totals.update().items()}
+        return self._totals
 
     def stats(self) -> dict[str, int]:
         m = self._map("lw_stats")

@@ -130,6 +130,27 @@ def aggregate_python(recs: np.ndarray) -> dict[PairKey, PairTotals]:
     return out
 
 
+REPORTER = {layout.KIND_OUTBOUND: "source", layout.KIND_INBOUND: "destination",
+            layout.KIND_TUNNEL: "destination"}
+UNKNOWN = "unknown"     # Istio's value for a peer it cannot name
+
+
+def by_workload(totals: dict[PairKey, PairTotals], workload_of) -> dict[tuple[str, str, str], PairTotals]:
+    """Fold (saddr, daddr, kind) totals into (source, destination, reporter) totals, naming each
+    address with `workload_of(ip) -> str | None` (None: "unknown"). Several addresses of one
+    workload add up. The input is what `L4Totals.update()` returns."""
+    out: dict[tuple[str, str, str], PairTotals] = {}
+    for (s, d, kind), t in totals.items():
+        key = (workload_of(layout.ip_from_u32(s)) or UNKNOWN,
+               workload_of(layout.ip_from_u32(d)) or UNKNOWN, REPORTER.get(kind, UNKNOWN))
+        acc = out.setdefault(key, PairTotals())
+        acc.received_bytes += t.received_bytes
+        acc.sent_bytes += t.sent_bytes
+        acc.opened += t.opened
+        acc.closed += t.closed
+    return out
+
+
 class L4Totals:
     """Monotonic totals per (saddr, daddr, kind), fed from a FlowTable.
 

@@ -177,6 +177,8 @@ def test_in_kernel_byte_counts_equal_bytes_sent(topo, dp, relay, servers):
         assert all(r.open for r in dp.read_flows())
         again = dp.l4_totals()[(a.ip, d.ip, "outbound")]
         assert again.received_bytes == t.received_bytes
+        named = dp.l4_by_workload({a.ip: "default/a", d.ip: "default/d"}.get)
+        assert named[("default/a", "default/d", "source")].received_bytes == t.received_bytes
     finally:
         dp.leave(_pod(a))
 

@@ -91,3 +91,21 @@ def test_the_aggregation_benchmark_runs_and_agrees():
     assert p.returncode == 0, p.stderr        # it asserts numpy/numba == plain Python itself
     out = json.loads(p.stdout)
     assert out["rows"][0]["records"] == 300 and out["import_rss_kib"]["numpy"] > 0
+
+
+def test_by_workload_names_addresses_and_adds_up_a_workloads_pods():
+    from node_agent.bpf.flows import PairTotals, by_workload
+
+    def u32(ip):
+        return layout.U32.unpack(layout.ip_key(ip))[0]
+
+    totals = {
+        (u32("10.244.1.2"), u32("10.244.2.9"), layout.KIND_OUTBOUND): PairTotals(10, 1, 1, 1),
+        (u32("10.244.1.3"), u32("10.244.2.9"), layout.KIND_OUTBOUND): PairTotals(5, 2, 2, 0),
+        (u32("10.244.9.9"), u32("10.244.1.2"), layout.KIND_INBOUND): PairTotals(7, 7, 1, 1),
+    }
+    names = {"10.244.1.2": "default/web", "10.244.1.3": "default/web", "10.244.2.9": "db/pg"}
+    out = by_workload(totals, names.get)
+    assert out[("default/web", "db/pg", "source")] == PairTotals(15, 3, 3, 1)
+    assert out[("unknown", "default/web", "destination")] == PairTotals(7, 7, 1, 1)
+    assert len(out) == 2
