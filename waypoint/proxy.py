@@ -652,7 +652,7 @@ class Downstream(asyncio.Protocol):
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
             self._start_h2()
-        self._arm(IDLE_TIMEOUT_S, "idle")
+        self._arm(self.server.idle_timeout_s, "idle")
 
     def _arm(self, delay: float, why: str) -> None:
         if self.timer is not None:
@@ -719,10 +719,10 @@ class Downstream(asyncio.Protocol):
         if self.reader.mid_request:
             if self.timer is None or self.timer_why != "slow":
                 self.timer_why = "slow"
-                self._arm(HEADER_TIMEOUT_S, "slow")
+                self._arm(self.server.header_timeout_s, "slow")
         elif not self.queue:
             self.timer_why = "idle"
-            self._arm(IDLE_TIMEOUT_S, "idle")
+            self._arm(self.server.idle_timeout_s, "idle")
 
     timer_why = "idle"
 
@@ -749,7 +749,7 @@ class Downstream(asyncio.Protocol):
             self.task = None
         if not self.closed and not self.reader.mid_request:
             self.timer_why = "idle"
-            self._arm(IDLE_TIMEOUT_S, "idle")
+            self._arm(self.server.idle_timeout_s, "idle")
 
     # --- HTTP/2 ---------------------------------------------------------------------------
     def _h2_data(self, data: bytes) -> None:
@@ -772,7 +772,7 @@ class Downstream(asyncio.Protocol):
         if h2c.closed:
             self._close()
         else:
-            self._arm(IDLE_TIMEOUT_S, "idle")
+            self._arm(self.server.idle_timeout_s, "idle")
 
     async def _h2_stream(self, ev: http2.RequestReady) -> None:
         try:
@@ -832,7 +832,11 @@ class _MetricsProtocol(asyncio.Protocol):
 class WaypointServer:
     def __init__(self, waypoint: Waypoint, *, host: str = "127.0.0.1", port: int = 0,
                  ssl_context: ssl.SSLContext | None = None, metrics_port: int | None = None,
-                 metrics_host: str | None = None, max_head: int = 65536) -> None:
+                 metrics_host: str | None = None, max_head: int = 65536,
+                 header_timeout_s: float = HEADER_TIMEOUT_S,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+        self.header_timeout_s = header_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.waypoint = waypoint
         self.host, self.port = host, port
         self.ssl_context = ssl_context
@@ -886,12 +890,13 @@ class WaypointThread:
     def __init__(self, snapshot: WaypointSnapshot, *, host: str = "127.0.0.1", port: int = 0,
                  ssl_context: ssl.SSLContext | None = None, metrics_port: int | None = 0,
                  default_service: str | None = None, tracing: Tracing | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, **server_options) -> None:
         self.loop = new_event_loop()
         self.waypoint = Waypoint(snapshot, default_service=default_service, tracing=tracing,
                                  rng=rng)
         self.server = WaypointServer(self.waypoint, host=host, port=port,
-                                     ssl_context=ssl_context, metrics_port=metrics_port)
+                                     ssl_context=ssl_context, metrics_port=metrics_port,
+                                     **server_options)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                         name="waypoint")
 

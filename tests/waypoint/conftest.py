@@ -93,3 +93,38 @@ def waypoint_for():
     finally:
         for wp in running:
             wp.stop()
+
+
+def get(port: int, path: str = "/", *, host: str = "web.demo", headers: dict | None = None,
+        method: str = "GET", context=None, body: bytes | None = None):
+    """One request on a fresh connection: (status, headers dict lower-cased, body bytes)."""
+    import http.client
+
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+SUBSETS = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
