@@ -78,7 +78,8 @@ class ObjectMeta:
     # Carried by the API server; accepted on input, never acted on, not kept.
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(
         {"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
-         "finalizers", "ownerReferences"}
+         "finalizers", "ownerReferences", "deletionTimestamp", "deletionGracePeriodSeconds",
+         "selfLink"}
     )
 
 

@@ -48,6 +48,11 @@ METADATA_SCHEMA: dict[str, Any] = {
         "managedFields": {"type": "array"},
         "finalizers": {"type": "array", "items": {"type": "string"}},
         "ownerReferences": {"type": "array"},
+        "deletionTimestamp": {"type": ["string", "null"]},
+        "deletionGracePeriodSeconds": {"type": "integer"},
+        "selfLink": {"type": "string"},
+        # Known to Kubernetes, not implemented: refused as unsupported by the model.
+        "generateName": {"type": "string"},
     },
     "required": ["name"],
 }

@@ -19,6 +19,7 @@ For each document:
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,8 +75,14 @@ def validate_document(doc: Document) -> tuple[Resource | None, list[Problem]]:
                 resource = codec.decode_resource(cls, doc.obj, source=Source(doc.file, doc.index))
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 found.append(("", INVALID, f"cannot read the resource: {exc}"))
+    found.sort(key=lambda item: _path_key(item[0]))
     problems = _dedupe(Problem(doc.file, doc.index, path, message, kind) for path, kind, message in found)
     return resource, problems
+
+
+def _path_key(path: str) -> list[tuple[int, int | str]]:
+    """Order problems as a reader meets them: `http[2]` before `http[10]`."""
+    return [(0, int(tok)) if tok.isdigit() else (1, tok) for tok in re.split(r"[.\[\]]+", path) if tok]
 
 
 def _envelope(obj: dict[str, Any], found: list[tuple[str, str, str]]) -> tuple[type[Resource], str] | None:

@@ -240,7 +240,8 @@ def _unreachable_rules(routes: list[tuple[int, dict[str, Any]]], path: list[Any]
             if catch_all is not None:
                 r.warning([*path, i], f"rule {i} is not used: only the last rule can have no matches "
                           f"(rule {catch_all} already matches everything)")
-            catch_all = i
+            else:
+                catch_all = i
             continue
         duplicates = 0
         for j, match in enumerate(matches):
