@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -369,3 +370,28 @@ def test_replies_to_flows_the_tunnel_originated_go_to_the_tunnel(topo, dp, relay
     # without the datapath the reply is routed to the pod itself, and the dial fails
     with pytest.raises(OSError):
         _transparent_who(node_ns, a.ip, (e.ip, 8080), timeout=1)
+
+
+def test_show_prints_what_the_node_holds_and_enroll_names_a_missing_veth(topo, dp, relay,
+                                                                          servers):
+    a, _b, _c, d, _e = pods(topo)
+    from node_agent.datapath import DatapathError, Pod
+
+    with pytest.raises(DatapathError, match="no device lwvdeadbeef"):
+        dp.enroll(Pod(ip="10.244.1.77", veth="lwvdeadbeef"))
+    assert "10.244.1.77" not in dp.enrolled()
+    dp.enroll(_pod(a))
+    try:
+        ask_who(a.name, d.ip, 8080)
+        p = subprocess.run([sys.executable, "-m", "node_agent.bpf.show", "--cluster", topo.cluster,
+                            "--node", "node1", "--netns", topo.nodes[0].name, "--flows"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert f"tc ingress {a.veth}" in p.stdout and "lw_pod_out" in p.stdout
+        assert f"enrolled {a.ip}" in p.stdout
+        assert f"outbound {a.ip}:" in p.stdout and f"-> {d.ip}:8080" in p.stdout
+        none = subprocess.run([sys.executable, "-m", "node_agent.bpf.show", "--cluster", "tnone",
+                               "--node", "node1"], capture_output=True, text=True, timeout=60)
+        assert none.returncode == 1 and "nothing is installed" in none.stderr
+    finally:
+        dp.leave(_pod(a))

@@ -1,0 +1,60 @@
+"""Show what a node's datapath holds: attachments, enrolled pods, counters, connections.
+
+    python -m node_agent.bpf.show --cluster C --node N [--netns PATH] [--flows] [-o json]
+
+Before: a node installed with `node_agent.datapath.Datapath.install()`. After: prints, without
+changing anything (flow records are read, not drained), what is pinned and attached, which pods
+are enrolled, the programs' event counters and, with --flows, every connection record — the
+operator's view when capture does not do what they expect. No compiler is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from node_agent.datapath import Datapath, DatapathError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m node_agent.bpf.show",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--cluster", required=True)
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--netns", help="node network namespace (default: the current one)")
+    ap.add_argument("--flows", action="store_true", help="also list connection records")
+    ap.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    args = ap.parse_args(argv)
+    try:
+        with Datapath(args.cluster, args.node, netns=args.netns) as dp:
+            status = dp.status()
+            if not dp.pinned():
+                print(f"show: nothing is installed under {dp.pin_dir}", file=sys.stderr)
+                return 1
+            report = {"status": status, "enrolled": dp.enrolled(), "stats": dp.stats(),
+                      "flows": [asdict(f) for f in dp.read_flows()] if args.flows else None}
+    except DatapathError as e:
+        print(f"show: {e}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"pinned under {status['pin_dir']}: {', '.join(status['pinned'])}")
+    print(f"policy routing: {'present' if status['routing'] else 'MISSING'}; "
+          f"sockops on the cgroup: {'attached' if status['sockops_attached'] else 'NOT attached'}")
+    for dev, prog in sorted(status["tc"].items()):
+        print(f"  tc ingress {dev:<14} {prog}")
+    for ip, pod in sorted(report["enrolled"].items()):
+        print(f"  enrolled {ip:<15} pod id {pod['pod_id']} ifindex {pod['ifindex']}")
+    print("counters: " + ", ".join(f"{k}={v}" for k, v in report["stats"].items()))
+    for f in report["flows"] or []:
+        state = "open" if f["closed_ns"] == 0 else "closed"
+        print(f"  {f['kind']:<8} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']} "
+              f"received {f['received_bytes']} sent {f['sent_bytes']} {state}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
