@@ -390,19 +390,19 @@ class Waypoint:
                                                 rq.principal, rq.source_ip, headers)
             if not authz_mod.evaluate(policies, attrs).allowed:
                 return svc, None, self._local(403, "RBAC")
+        rl_headers: list[tuple[str, str]] = []
         for policy in cfg.ratelimits_for(svc):
             key = (f"{policy.namespace}/{policy.name}", svc.uid)
             bucket = self.buckets.get(key)
             if bucket is None:
                 bucket = self.buckets[key] = TokenBucket.for_policy(policy, now=start)
             verdict = bucket.take(start)
-            extra = []
             if policy.spec.remaining_tokens_header:
-                extra.append((policy.spec.remaining_tokens_header.lower(),
-                              str(verdict.remaining)))
+                rl_headers.append((policy.spec.remaining_tokens_header.lower(),
+                                   str(verdict.remaining)))
             if not verdict.allowed:
                 self.metrics.ratelimited.labels(key[0]).inc()
-                return svc, None, self._local(policy.spec.status, "RL", extra)
+                return svc, None, self._local(policy.spec.status, "RL", rl_headers)
         view = RequestView(rq.method, rq.authority, target.path, target.query, headers)
         routes = cfg.routes.get(svc.uid)
         namespace = svc.namespace
@@ -452,6 +452,7 @@ class Waypoint:
                                         out_headers, attrs, target.path, port, headers)
         for ops in resp_ops:
             apply_header_ops(out.headers, ops)
+        out.headers += rl_headers
         return svc, host, out
 
     @staticmethod
