@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from perf.scenarios.base import Scenario, Target
 from perf.scenarios.direct import Direct
+from perf.scenarios.haproxy_http import HaproxyHttp
 from perf.scenarios.haproxy_mtls import HaproxyMtls
+from perf.scenarios.lacewing_l7 import LacewingL7
 
 SCENARIOS: dict[str, type[Scenario]] = {
     Direct.name: Direct,
     HaproxyMtls.name: HaproxyMtls,
+    HaproxyHttp.name: HaproxyHttp,
+    LacewingL7.name: LacewingL7,
 }
 
 __all__ = ["SCENARIOS", "Scenario", "Target"]

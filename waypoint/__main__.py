@@ -1,0 +1,98 @@
+"""`python -m waypoint`: run a waypoint as its own process.
+
+Before: a bootstrap file (`waypoint.bootstrap`: mesh resources + a `WaypointServices`
+document) — until the xDS client lands, this is how local mode and the performance suite
+give a waypoint its snapshot — and optionally the waypoint's SVID for mutual TLS. After: the
+proxy serves on `--listen` until SIGTERM/SIGINT, metrics on `--metrics` (`/metrics`,
+`/healthz/ready`); SIGHUP re-reads the bootstrap file (a new snapshot, applied atomically).
+Prints `listening on HOST:PORT` once ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m waypoint", description=__doc__.split("\n")[0])
+    p.add_argument("--bootstrap", type=Path, required=True, help="snapshot file (YAML)")
+    p.add_argument("--listen", type=_addr, default=("0.0.0.0", 15008), metavar="HOST:PORT")
+    p.add_argument("--metrics", type=_addr, default=("0.0.0.0", 15020), metavar="HOST:PORT")
+    p.add_argument("--default-service", metavar="NS/NAME",
+                   help="the Service for requests whose Host names none (a listener per service)")
+    p.add_argument("--cert", type=Path, help="PEM certificate chain (enables mutual TLS)")
+    p.add_argument("--key", type=Path, help="PEM private key")
+    p.add_argument("--trust-bundle", type=Path, help="PEM roots that client certificates chain to")
+    p.add_argument("--trace-sample", type=float, default=0.01,
+                   help="share of new traces sampled (default 0.01, Istio's)")
+    args = p.parse_args(argv)
+
+    from waypoint import bootstrap
+    from waypoint.proxy import Waypoint, WaypointServer, new_event_loop
+    from waypoint.telemetry import Tracing
+
+    try:
+        snap = bootstrap.load_file(args.bootstrap)
+    except Exception as e:  # noqa: BLE001 - one clear line for the operator
+        print(f"error: cannot load {args.bootstrap}: {e}", file=sys.stderr)
+        return 2
+    ssl_ctx = None
+    if args.cert or args.key or args.trust_bundle:
+        if not (args.cert and args.key and args.trust_bundle):
+            print("error: mutual TLS needs --cert, --key and --trust-bundle together",
+                  file=sys.stderr)
+            return 2
+        from waypoint.tls import server_context
+
+        ssl_ctx = server_context(args.cert.read_bytes(), args.key.read_bytes(),
+                                 args.trust_bundle.read_bytes())
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    wp = Waypoint(snap, default_service=args.default_service,
+                  tracing=Tracing(service_name=f"waypoint.{snap.waypoint.namespace}",
+                                  sample_ratio=args.trace_sample))
+    server = WaypointServer(wp, host=args.listen[0], port=args.listen[1], ssl_context=ssl_ctx,
+                            metrics_host=args.metrics[0], metrics_port=args.metrics[1])
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            wp.update(bootstrap.load_file(args.bootstrap))
+            print("reloaded", args.bootstrap, flush=True)
+        except Exception as e:  # noqa: BLE001 - keep serving the last good snapshot
+            print(f"reload failed, keeping the last snapshot: {e}", file=sys.stderr, flush=True)
+
+    async def run() -> None:
+        try:
+            await server.start()
+        except OSError as e:
+            print(f"error: cannot listen on {args.listen[0]}:{args.listen[1]}: {e.strerror}",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        print(f"listening on {args.listen[0]}:{server.port}", flush=True)
+        await stop.wait()
+        await server.stop()
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
