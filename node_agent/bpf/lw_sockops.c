@@ -6,8 +6,9 @@
  * (rx) and the bytes delivered to it (tx) read from the kernel's own TCP counters
  * (tcp_sock.bytes_received / bytes_acked) — so bytes that user space never copies (spliced
  * with sockmap) are counted too, and retransmissions are not counted twice. Counters are
- * refreshed on every segment the socket sends (pure ACKs included) and finally when the
- * socket reaches TCP_CLOSE, which also stamps closed_ns. The agent reads and drains the map.
+ * refreshed on every segment the socket sends (pure ACKs included), on every acknowledgement
+ * of new data it receives, and finally when the socket reaches TCP_CLOSE, which also stamps
+ * closed_ns. The agent reads and drains the map.
  * Sockets of other network namespaces than the node's (lw_cfg) are ignored.
  */
 #include <uapi/linux/bpf.h>
@@ -73,13 +74,15 @@ int lw_sockops(struct bpf_sock_ops *skops)
         }
         lw_count(LW_ST_FLOW_OPEN);
         bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG |
+                                         BPF_SOCK_OPS_RTT_CB_FLAG |
                                          BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
                                          BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
         return 1;
     }
 
-    if (op == BPF_SOCK_OPS_HDR_OPT_LEN_CB) {
-        /* called for every segment this socket sends; only sockets we flagged get here */
+    if (op == BPF_SOCK_OPS_HDR_OPT_LEN_CB || op == BPF_SOCK_OPS_RTT_CB) {
+        /* every segment this socket sends (fresh "received"), and every acknowledgement of
+         * new data it gets (fresh "sent"); only sockets we flagged get here */
         __u64 cookie = bpf_get_socket_cookie(skops);
         struct lw_flow *f = lw_flows.lookup(&cookie);
         if (f && !f->closed_ns)

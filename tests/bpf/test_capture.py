@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -393,5 +394,27 @@ def test_show_prints_what_the_node_holds_and_enroll_names_a_missing_veth(topo, d
         none = subprocess.run([sys.executable, "-m", "node_agent.bpf.show", "--cluster", "tnone",
                                "--node", "node1"], capture_output=True, text=True, timeout=60)
         assert none.returncode == 1 and "nothing is installed" in none.stderr
+    finally:
+        dp.leave(_pod(a))
+
+
+def test_a_reset_connection_is_closed_with_what_was_exchanged(topo, dp, relay, servers):
+    a, _b, _c, d, _e = pods(topo)
+    dp.enroll(_pod(a))
+    try:
+        s = connect(a.name, d.ip, 8080)
+        mine = s.getsockname()
+        s.sendall(b"hold\n")
+        for _ in range(3):
+            s.sendall(b"x")
+            assert s.recv(1) == b"k"
+        # one more byte carries the acknowledgement of the third "k"; its own "k" is never
+        # acknowledged: "sent" counts what the client acknowledged
+        s.sendall(b"x")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()                                       # RST, no FIN
+        f = closed_flow(dp, a.ip, mine[1])
+        assert not f.open
+        assert (f.received_bytes, f.sent_bytes) == (len(b"hold\n") + 4, 3)
     finally:
         dp.leave(_pod(a))
