@@ -82,7 +82,7 @@ def validate_document(doc: Document) -> tuple[Resource | None, list[Problem]]:
 
 def _path_key(path: str) -> list[tuple[int, int | str]]:
     """Order problems as a reader meets them: `http[2]` before `http[10]`."""
-    return [(0, int(tok)) if tok.isdigit() else (1, tok) for tok in re.split(r"[.\[\]]+", path) if tok]
+    return [(0, int(tok)) if tok.isascii() and tok.isdigit() else (1, tok) for tok in re.split(r"[.\[\]]+", path) if tok]
 
 
 def _envelope(obj: dict[str, Any], found: list[tuple[str, str, str]]) -> tuple[type[Resource], str] | None:

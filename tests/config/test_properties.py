@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,9 @@ from control.config.validate import validate_document
 
 from .helpers import conformance_docs, valid_files
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# LACEWING_FUZZ_EXAMPLES=5000 runs every property much longer (by hand, not in CI).
+FUZZ = int(os.environ.get("LACEWING_FUZZ_EXAMPLES", "0"))
+SETTINGS = settings(max_examples=FUZZ or 120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 label = st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True)
 host = st.one_of(label, st.builds(lambda a, b: f"{a}.{b}.svc.cluster.local", label, label))
@@ -234,7 +237,7 @@ def _check_outcome(obj):
         assert again == resource
 
 
-@settings(max_examples=int(__import__("os").environ.get("LACEWING_FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=FUZZ or 300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated(st.sampled_from(_SEEDS)))
 def test_mutations_of_conformance_documents_never_crash(obj):
     _check_outcome(obj)
