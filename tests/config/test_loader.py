@@ -3,7 +3,11 @@ a traceback or a memory blow-up; well-formed input is read the way Kubernetes re
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from control.config import loader
 from control.config.errors import ConfigError
@@ -157,3 +161,20 @@ def test_node_and_document_counts_are_bounded(monkeypatch, python_loader):
     assert "nodes in one file" in refused(many.encode())
     assert "documents in one file" in refused(b"---\na: 1\n" * 101)
     assert len(load_documents(b"---\na: 1\n" * 99)) == 99
+
+
+_YAML_PIECES = ["a", ": ", "\n", "- ", "[", "]", "{", "}", ",", "&x ", "*x", "<<: ", "!!str ", "!!binary ",
+                "? ", "|\n  ", ">-\n ", "'", '"', "\\", "#", "---\n", "...\n", "  ", "\t", "%YAML 1.1\n",
+                "0x1F", "1e400", ".nan", "~", "\u00e9", "\ufeff", "\x85"]
+
+
+@settings(max_examples=int(os.environ.get("LACEWING_FUZZ_EXAMPLES", "0")) or 300, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 st.lists(st.sampled_from(_YAML_PIECES), max_size=40).map(lambda p: "".join(p).encode())))
+def test_arbitrary_input_is_read_or_refused_never_crashes(data):
+    try:
+        docs = load_documents(data, name="fuzz.yaml")
+    except ConfigError as exc:
+        assert exc.problems and all(p.file == "fuzz.yaml" and p.message for p in exc.problems)
+    else:
+        assert all(isinstance(d.obj, dict) and all(isinstance(k, str) for k in d.obj) for d in docs)
