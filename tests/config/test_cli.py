@@ -158,6 +158,14 @@ def test_analyze_root_namespace_option(tmp_path, capsys):
     assert capsys.readouterr().out.count("mesh-wide (root namespace mesh-root)") == 2
 
 
-def test_analyze_needs_files(capsys):
-    assert main(["analyze"]) == 1
-    assert "pass the configuration" in capsys.readouterr().err
+def test_analyze_without_files_reads_the_local_clusters_config(tmp_path, monkeypatch, capsys):
+    from lacewing.local import names
+
+    monkeypatch.setattr(names, "STATE_ROOT", tmp_path)
+    assert main(["analyze", "--name", "nosuch"]) == 1
+    assert "no local cluster 'nosuch'" in capsys.readouterr().err
+    config = tmp_path / "lw-demo" / "config"
+    config.mkdir(parents=True)
+    (config / "VirtualService.networking.istio.io_prod_r.yaml").write_text(ANALYZE)
+    assert main(["analyze", "--name", "demo"]) == 0
+    assert "subset 'v1' of host 'reviews' is not defined" in capsys.readouterr().out
