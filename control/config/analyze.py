@@ -97,9 +97,8 @@ def fqdn(host: str, namespace: str) -> str:
 
 
 def host_matches(pattern: str, host: str) -> bool:
-    if pattern == "*":
-        return True
-    if pattern.startswith("*."):
+    """Istio's rule: a leading `*` matches any prefix (`*` alone matches everything)."""
+    if pattern.startswith("*"):
         return host.endswith(pattern[1:])
     return pattern == host
 

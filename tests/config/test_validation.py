@@ -173,10 +173,13 @@ def test_negative_weight_is_invalid():
 
 def test_hosts_are_required_dns_names_and_not_star():
     assert_invalid_at(vs({"http": [{"route": [to("r")]}], "gateways": ["mesh"]}), "spec.hosts", "at least one host")
-    assert_invalid_at(vs(route(to("r")) | {"hosts": ["bad host!"]}), "spec.hosts[0]", "DNS name")
+    assert_invalid_at(vs(route(to("r")) | {"hosts": ["bad host!"]}), "spec.hosts[0]", "label 'bad host!' invalid")
+    assert_invalid_at(dr({"host": "10.0.0.1"}), "spec.host", "all-numeric")
     assert_invalid_at(vs(route(to("r")) | {"hosts": ["*"]}), "spec.hosts[0]", "wildcard")
     assert parse(vs(route(to("r")) | {"hosts": ["*.example.com", "10.0.0.1"]}))
     assert_invalid_at(vs(route(to("r")) | {"hosts": ["a.com", "*.com"]}), "spec.hosts", "duplicate hosts")
+    assert_invalid_at(vs(route(to("r")) | {"hosts": ["*foo.com", "barfoo.com"]}), "spec.hosts", "duplicate hosts")
+    assert parse(vs(route(to("r")) | {"hosts": ["*foo.example.com", "Reviews.Prod."]}))
     assert_invalid_at(vs(route(to("*"))), "spec.http[0].route[0].destination.host", "invalid destination host")
     assert_unsupported_at(vs(route(to("*.r.com"))), "spec.http[0].route[0].destination.host")
 

@@ -12,8 +12,12 @@ from control.config.schema import format_path
 
 Found = list[tuple[str, str, str]]
 
-_DNS_LABEL_RX = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
-_WILDCARD_DOMAIN = re.compile(rf"^(\*|\*\.{_DNS_LABEL_RX}(\.{_DNS_LABEL_RX})*|{_DNS_LABEL_RX}(\.{_DNS_LABEL_RX})*)\.?$")
+# Istio's pkg/config/labels: DNS-1123 labels (either case), and a first label that may be `*`,
+# `*foo`, `*-foo` or a plain label.
+_DNS_LABEL_RX = r"[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?"
+_DNS_LABEL = re.compile(rf"^{_DNS_LABEL_RX}$")
+_WILDCARD_LABEL = re.compile(rf"^(\*|(\*|\*-)?{_DNS_LABEL_RX})$")
+_ALL_NUMERIC = re.compile(r"^[+-]?[0-9]+$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Istio's ValidateHTTPHeaderName.
 HEADER_NAME = re.compile(r"^[-_A-Za-z0-9]+$")
@@ -78,15 +82,37 @@ def is_ip(value: str) -> bool:
     return True
 
 
+def domain_error(domain: str) -> str | None:
+    """Istio's ValidateWildcardDomain, rule for rule; None when the domain is valid."""
+    if len(domain) > 255:
+        return "too long (max 255)"
+    if domain == "":
+        return "empty domain name not allowed"
+    first, _, rest = domain.partition(".")
+    if len(first) > 63 or not _WILDCARD_LABEL.match(first):
+        return f"label {first!r} invalid"
+    if "." not in domain:
+        return None
+    labels = rest.split(".")
+    if _ALL_NUMERIC.match(labels[-1]):
+        return f"top level domain {labels[-1]!r} cannot be all-numeric"
+    for i, label in enumerate(labels):
+        if i == len(labels) - 1 and label == "":
+            return None  # a trailing dot: `istio.io.`
+        if len(label) > 63 or not _DNS_LABEL.match(label):
+            return f"label {label!r} invalid"
+    return None
+
+
 def check_wildcard_domain(host: Any, path: list[Any], r: Report, *, what: str = "host") -> bool:
-    """Istio's ValidateWildcardDomain: a DNS name, optionally `*.` prefixed, or `*`."""
     if not isinstance(host, str):
         return False
     if host == "":
         r.invalid(path, f"{what} is required")
         return False
-    if len(host) > 255 or not _WILDCARD_DOMAIN.match(host):
-        r.invalid(path, f"invalid {what} {host!r}: must be a DNS name, optionally starting with '*.'")
+    error = domain_error(host)
+    if error:
+        r.invalid(path, f"invalid {what} {host!r}: {error}")
         return False
     return True
 

@@ -65,14 +65,15 @@ def virtual_service(spec: dict[str, Any], path: list[Any], r: Report) -> None:
 
 
 def _hosts_overlap(a: str, b: str) -> bool:
-    a, b = a.lower().rstrip("."), b.lower().rstrip(".")
-    if a == b:
-        return True
-    if a.startswith("*."):
+    """Istio's host.Name.Matches: a leading `*` matches any prefix."""
+    a, b = a.lower(), b.lower()
+    if a.startswith("*") and b.startswith("*"):
+        return a[1:].endswith(b[1:]) or b[1:].endswith(a[1:])
+    if a.startswith("*"):
         return b.endswith(a[1:])
-    if b.startswith("*."):
+    if b.startswith("*"):
         return a.endswith(b[1:])
-    return False
+    return a == b
 
 
 def http_route(route: dict[str, Any], path: list[Any], r: Report) -> None:
