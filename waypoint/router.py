@@ -164,6 +164,21 @@ class RoutePlan:
     route_name: str
 
 
+_RETRY_CACHE: dict[int, tuple[object, RetryPolicy]] = {}
+
+
+def _retry_policy(route: HTTPRoute) -> RetryPolicy:
+    """RetryPolicy per route, computed once (keyed by identity, checked against the route)."""
+    hit = _RETRY_CACHE.get(id(route.retries))
+    if hit is not None and hit[0] is route.retries:
+        return hit[1]
+    policy = RetryPolicy.from_istio(route.retries)
+    if len(_RETRY_CACHE) > 10000:
+        _RETRY_CACHE.clear()
+    _RETRY_CACHE[id(route.retries)] = (route.retries, policy)
+    return policy
+
+
 def plan(route: HTTPRoute, match: HTTPMatchRequest | None, r: RequestView,
          rng: random.Random) -> RoutePlan:
     dest = pick_weighted(route, rng)
@@ -186,7 +201,7 @@ def plan(route: HTTPRoute, match: HTTPMatchRequest | None, r: RequestView,
         authority=route.rewrite.authority if route.rewrite and route.rewrite.authority else None,
         request_ops=tuple(req_ops), response_ops=tuple(resp_ops),
         timeout_s=timeout or None,  # Istio: 0 means no timeout
-        retry=RetryPolicy.from_istio(route.retries),
+        retry=_retry_policy(route),
         fault=decide_fault(route.fault, rng),
         mirror=mirror,
         route_name=route.name or "",

@@ -9,7 +9,8 @@ Metrics (reporter="waypoint"): `istio_requests_total`, `istio_request_duration_m
 own `lacewing_waypoint_protocol_errors_total{protocol,kind}` (bad input answered and
 counted), `lacewing_waypoint_upstream_overflow_total{cluster,limit}` (circuit breakers),
 `lacewing_waypoint_outlier_ejections_total{cluster}`, `lacewing_waypoint_ratelimited_total`.
-Labeled children are cached per label tuple, so the hot path does one dict lookup.
+The request series are plain integers per label tuple, exposed by a collector at scrape
+time, so the hot path does one dict lookup and a few additions.
 
 Tracing: OpenTelemetry SDK. The parent comes from `traceparent` (W3C), else from B3 (multi- or
 single-header); sampling follows the parent's flag, else `sample_ratio` (Istio's default 1%).
@@ -18,16 +19,19 @@ An exporter is optional (none: spans are created and dropped).
 
 from __future__ import annotations
 
+import random
+from bisect import bisect_left
 from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_principal",
@@ -39,21 +43,67 @@ LABELS = (
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                     60000, 300000, 600000, 1800000, 3600000)
 SIZE_BUCKETS = tuple(float(10 ** i) for i in range(0, 9))
+MAX_SERIES = 50000  # label sets kept; beyond, new ones are counted as dropped
+
+
+class _RequestSeries:
+    """Counts for one label set: requests, and three histograms (duration, sizes)."""
+
+    __slots__ = ("count", "dur_sum", "dur", "req_sum", "req", "resp_sum", "resp")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.dur_sum = 0.0
+        self.dur = [0] * (len(DURATION_BUCKETS) + 1)
+        self.req_sum = 0.0
+        self.req = [0] * (len(SIZE_BUCKETS) + 1)
+        self.resp_sum = 0.0
+        self.resp = [0] * (len(SIZE_BUCKETS) + 1)
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    out, total = [], 0
+    for bound, n in zip(bounds, counts, strict=False):
+        total += n
+        out.append((floatToGoString(bound), total))
+    out.append(("+Inf", total + counts[-1]))
+    return out
+
+
+class _RequestCollector:
+    """Exposes the request series in Prometheus' data model at scrape time (the hot path only
+    increments integers; prometheus_client's per-call locking is kept off it)."""
+
+    def __init__(self, series: dict[tuple[str, ...], _RequestSeries]) -> None:
+        self.series = series
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        requests = CounterMetricFamily("istio_requests", "Requests handled by the waypoint",
+                                       labels=LABELS)
+        duration = HistogramMetricFamily("istio_request_duration_milliseconds",
+                                         "Request duration in milliseconds", labels=LABELS)
+        req = HistogramMetricFamily("istio_request_bytes", "Request sizes in bytes",
+                                    labels=LABELS)
+        resp = HistogramMetricFamily("istio_response_bytes", "Response sizes in bytes",
+                                     labels=LABELS)
+        for labels, s in list(self.series.items()):
+            values = list(labels)
+            requests.add_metric(values, s.count)
+            duration.add_metric(values, _cumulative(DURATION_BUCKETS, s.dur), s.dur_sum)
+            req.add_metric(values, _cumulative(SIZE_BUCKETS, s.req), s.req_sum)
+            resp.add_metric(values, _cumulative(SIZE_BUCKETS, s.resp), s.resp_sum)
+        yield from (requests, duration, req, resp)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("istio_requests_total", "Requests handled by the waypoint",
-                                LABELS, registry=r)
-        self.duration = Histogram("istio_request_duration_milliseconds",
-                                  "Request duration in milliseconds", LABELS,
-                                  buckets=DURATION_BUCKETS, registry=r)
-        self.request_bytes = Histogram("istio_request_bytes", "Request sizes in bytes", LABELS,
-                                       buckets=SIZE_BUCKETS, registry=r)
-        self.response_bytes = Histogram("istio_response_bytes", "Response sizes in bytes",
-                                        LABELS, buckets=SIZE_BUCKETS, registry=r)
+        self.series: dict[tuple[str, ...], _RequestSeries] = {}
+        r.register(_RequestCollector(self.series))
         self.protocol_errors = Counter("lacewing_waypoint_protocol_errors_total",
                                        "Bad input answered and refused", ("protocol", "kind"),
                                        registry=r)
@@ -65,87 +115,140 @@ class Metrics:
         self.ratelimited = Counter("lacewing_waypoint_ratelimited_total",
                                    "Requests refused by a RateLimitPolicy", ("policy",),
                                    registry=r)
-        self._children: dict[tuple[str, ...], tuple] = {}
+        self.dropped_series = 0
 
     def observe(self, labels: tuple[str, ...], duration_ms: float, request_bytes: int,
                 response_bytes: int) -> None:
-        children = self._children.get(labels)
-        if children is None:
-            children = (self.requests.labels(*labels), self.duration.labels(*labels),
-                        self.request_bytes.labels(*labels), self.response_bytes.labels(*labels))
-            if len(self._children) < 50000:
-                self._children[labels] = children
-        children[0].inc()
-        children[1].observe(duration_ms)
-        children[2].observe(request_bytes)
-        children[3].observe(response_bytes)
+        s = self.series.get(labels)
+        if s is None:
+            if len(self.series) >= MAX_SERIES:
+                self.dropped_series += 1
+                return
+            s = self.series[labels] = _RequestSeries()
+        s.count += 1
+        s.dur_sum += duration_ms
+        s.dur[bisect_left(DURATION_BUCKETS, duration_ms)] += 1
+        s.req_sum += request_bytes
+        s.req[bisect_left(SIZE_BUCKETS, request_bytes)] += 1
+        s.resp_sum += response_bytes
+        s.resp[bisect_left(SIZE_BUCKETS, response_bytes)] += 1
 
     def protocol_error(self, protocol: str, kind: str) -> None:
         self.protocol_errors.labels(protocol, kind).inc()
 
 
-_W3C = TraceContextTextMapPropagator()
+_HEX = frozenset("0123456789abcdef")
 
 
-def _b3_context(headers: Mapping[str, str]) -> SpanContext | None:
+def _hex_id(text: str | None, size: int) -> int:
+    if not text or len(text) != size or not set(text) <= _HEX:
+        return 0
+    return int(text, 16)
+
+
+def _parent(headers: Mapping[str, str]) -> tuple[int, int, bool] | None:
+    """(trace id, span id, sampled) from W3C `traceparent`, else B3; None when absent/invalid."""
+    tp = headers.get("traceparent")
+    if tp is not None:
+        parts = tp.strip().lower().split("-")
+        if len(parts) >= 4 and parts[0] != "ff" and len(parts[0]) == 2:
+            tid, sid = _hex_id(parts[1], 32), _hex_id(parts[2], 16)
+            if tid and sid and len(parts[3]) == 2 and set(parts[3]) <= _HEX:
+                return tid, sid, bool(int(parts[3], 16) & 1)
+        return None
     single = headers.get("b3")
     if single:
-        parts = single.split("-")
+        parts = single.strip().lower().split("-")
         if len(parts) < 2:
             return None
         trace_id, span_id = parts[0], parts[1]
         sampled = parts[2] if len(parts) > 2 else None
     else:
         trace_id, span_id = headers.get("x-b3-traceid"), headers.get("x-b3-spanid")
+        if trace_id is None:
+            return None
         sampled = headers.get("x-b3-sampled")
         if headers.get("x-b3-flags") == "1":
             sampled = "1"
-    if not trace_id or not span_id:
-        return None
-    try:
-        tid, sid = int(trace_id, 16), int(span_id, 16)
-    except ValueError:
-        return None
+    trace_id = (trace_id or "").lower()
+    if len(trace_id) == 16:
+        trace_id = "0" * 16 + trace_id
+    tid, sid = _hex_id(trace_id, 32), _hex_id((span_id or "").lower(), 16)
     if not tid or not sid:
         return None
-    flags = TraceFlags(TraceFlags.SAMPLED if sampled in ("1", "d", "true") else 0)
-    return SpanContext(trace_id=tid, span_id=sid, is_remote=True, trace_flags=flags)
+    return tid, sid, sampled in ("1", "d", "true")
+
+
+class LightSpan:
+    """A span that is not sampled: its ids are propagated, nothing is recorded."""
+
+    __slots__ = ("trace_id", "span_id", "parent_span_id", "sampled")
+
+    def __init__(self, trace_id: int, span_id: int, parent_span_id: int | None) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.sampled = False
+
+    def set_attribute(self, key: str, value: object) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
 
 
 class Tracing:
+    """Spans per request. Sampling is decided here (parent's flag, else `sample_ratio`, like
+    Istio's ParentBased ratio sampler); only sampled requests pay for an SDK span."""
+
     def __init__(self, *, service_name: str = "waypoint", sample_ratio: float = 0.01,
                  exporter: SpanExporter | None = None) -> None:
-        self.provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
-            resource=Resource.create({"service.name": service_name}))
+        self.sample_ratio = sample_ratio
+        self.provider = TracerProvider(sampler=ALWAYS_ON,
+                                       resource=Resource.create({"service.name": service_name}))
         if exporter is not None:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("lacewing.waypoint")
+        self._bits = random.getrandbits
+        self._random = random.random
 
-    def start(self, name: str, headers: Mapping[str, str]) -> trace.Span:
-        ctx = None
-        if "traceparent" in headers:
-            ctx = _W3C.extract(headers)
+    def start(self, name: str, headers: Mapping[str, str]):
+        parent = _parent(headers) if ("traceparent" in headers or "b3" in headers
+                                      or "x-b3-traceid" in headers) else None
+        if parent is not None:
+            sampled = parent[2]
         else:
-            sc = _b3_context(headers)
-            if sc is not None:
-                ctx = trace.set_span_in_context(NonRecordingSpan(sc))
+            sampled = self.sample_ratio > 0 and self._random() < self.sample_ratio
+        if not sampled:
+            if parent is None:
+                return LightSpan(self._bits(128) or 1, self._bits(64) or 1, None)
+            return LightSpan(parent[0], self._bits(64) or 1, parent[1])
+        ctx = None
+        if parent is not None:
+            sc = SpanContext(trace_id=parent[0], span_id=parent[1], is_remote=True,
+                             trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            ctx = trace.set_span_in_context(NonRecordingSpan(sc))
         return self.tracer.start_span(name, context=ctx, kind=SpanKind.SERVER)
 
     @staticmethod
-    def propagation_headers(span: trace.Span, parent_headers: Mapping[str, str]
-                            ) -> list[tuple[str, str]]:
+    def propagation_headers(span, parent_headers: Mapping[str, str]) -> list[tuple[str, str]]:
         """The headers the upstream request carries: W3C and B3 for this span."""
-        sc = span.get_span_context()
-        tid, sid = f"{sc.trace_id:032x}", f"{sc.span_id:016x}"
-        sampled = "1" if sc.trace_flags.sampled else "0"
-        out = [("traceparent", f"00-{tid}-{sid}-0{sampled}"),
-               ("x-b3-traceid", tid), ("x-b3-spanid", sid), ("x-b3-sampled", sampled)]
-        if parent_headers.get("tracestate"):
-            out.append(("tracestate", parent_headers["tracestate"]))
-        parent = span.parent if hasattr(span, "parent") else None
-        if parent is not None:
-            out.append(("x-b3-parentspanid", f"{parent.span_id:016x}"))
+        if isinstance(span, LightSpan):
+            tid, sid, sampled, parent_id = (span.trace_id, span.span_id, "0",
+                                            span.parent_span_id)
+        else:
+            sc = span.get_span_context()
+            tid, sid = sc.trace_id, sc.span_id
+            sampled = "1" if sc.trace_flags.sampled else "0"
+            parent_id = span.parent.span_id if getattr(span, "parent", None) else None
+        t, s_ = f"{tid:032x}", f"{sid:016x}"
+        out = [("traceparent", f"00-{t}-{s_}-0{sampled}"),
+               ("x-b3-traceid", t), ("x-b3-spanid", s_), ("x-b3-sampled", sampled)]
+        if parent_id:
+            out.append(("x-b3-parentspanid", f"{parent_id:016x}"))
+        ts = parent_headers.get("tracestate")
+        if ts:
+            out.append(("tracestate", ts))
         return out
 
 

@@ -128,3 +128,15 @@ spec:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
 """
+
+
+def eventually(predicate, *, timeout: float = 5.0) -> bool:
+    """Poll a condition (a server's counters are updated just after it answers)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

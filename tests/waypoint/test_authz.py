@@ -172,7 +172,12 @@ def test_principal_of():
 def test_conditions_on_unknown_keys_fail_closed():
     # control.config refuses unknown keys; a newer control plane might still send one.
     from control.config.model import (
-        AuthorizationPolicy, AuthorizationPolicySpec, Condition, ObjectMeta, Rule)
+        AuthorizationPolicy,
+        AuthorizationPolicySpec,
+        Condition,
+        ObjectMeta,
+        Rule,
+    )
 
     def pol(action):
         rule = Rule(when=(Condition("request.auth.claims[iss]", ("https://issuer",)),))

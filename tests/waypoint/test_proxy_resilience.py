@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from lacewing.sample_app import Behaviour, run_load
-from tests.waypoint.conftest import get, service_dict
+from tests.waypoint.conftest import eventually, get, service_dict
 
 
 def url(wp, path="/") -> str:
@@ -60,10 +60,13 @@ def test_retry_on_gateway_error_does_not_retry_500(backends, waypoint_for):
   - route: [{destination: {host: web}}]
     retries: {attempts: 3, retryOn: gateway-error}
 """))
-    get(wp.port, host="web", headers={"x-sample-status": "500"})
-    assert backs[0].server.requests_served == 1
-    get(wp.port, host="web", headers={"x-sample-status": "502"})
-    assert backs[0].server.requests_served == 1 + 4  # first try + 3 retries
+    srv = backs[0].server
+    assert get(wp.port, host="web", headers={"x-sample-status": "500"})[0] == 500
+    assert eventually(lambda: srv.requests_served == 1)
+    assert get(wp.port, host="web", headers={"x-sample-status": "502"})[0] == 502
+    assert eventually(lambda: srv.requests_served == 1 + 4)   # first try + 3 retries
+    time.sleep(0.2)
+    assert srv.requests_served == 5
 
 
 def test_reset_is_retried_when_asked(backends, waypoint_for):

@@ -149,8 +149,9 @@ def test_subsets_select_endpoints_and_merge_policy(cfg):
 
 
 def test_faults_follow_percentages():
-    from control.config.model import Abort, Delay, HTTPFaultInjection, Percent
     from datetime import timedelta
+
+    from control.config.model import Abort, Delay, HTTPFaultInjection, Percent
 
     rng = random.Random(3)
     f = HTTPFaultInjection(delay=Delay(fixed_delay=timedelta(milliseconds=5),
