@@ -112,3 +112,21 @@ def test_capture_survives_agent_restart_and_uninstall_leaves_nothing(small):
     # and the pod talks plainly again
     seen, mine = ask_who(a.name, d.ip, 8080)
     assert seen == f"{a.ip}:{mine[1]}"
+
+
+def test_uninstall_after_the_node_namespace_is_gone_still_cleans_the_host(small):
+    node_ns = small.nodes[0].name
+    dp = Datapath(small.cluster, "node1", netns=node_ns)
+    dp.install()
+    sockops_id = dp.status()["programs"]["sockops"]
+    dp.close()
+    sh("ip", "netns", "del", node_ns)          # `local down` may remove namespaces first
+    small.made.remove(node_ns)
+    Datapath(small.cluster, "node1", netns=node_ns).uninstall()
+    assert not os.path.exists(f"/sys/fs/bpf/lw-{small.cluster}")
+    fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert sockops_id not in syscall.prog_query(target_fd=fd,
+                                                    attach_type=syscall.BPF_CGROUP_SOCK_OPS)
+    finally:
+        os.close(fd)
