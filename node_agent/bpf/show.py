@@ -15,6 +15,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from node_agent.bpf.syscall import prog_run_stats
 from node_agent.datapath import Datapath, DatapathError
 
 
@@ -33,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
             if not dp.pinned():
                 print(f"show: nothing is installed under {dp.pin_dir}", file=sys.stderr)
                 return 1
-            report = {"status": status, "enrolled": dp.enrolled(), "stats": dp.stats(),
+            runs = {}
+            for name, prog_id in status.get("programs", {}).items():
+                cnt, ns = prog_run_stats(dp._prog(name))
+                runs[name] = {"id": prog_id, "run_cnt": cnt, "run_time_ns": ns}
+            report = {"status": status, "programs": runs, "enrolled": dp.enrolled(),
+                      "stats": dp.stats(),
                       "flows": [asdict(f) for f in dp.read_flows()] if args.flows else None}
     except DatapathError as e:
         print(f"show: {e}", file=sys.stderr)
@@ -44,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pinned under {status['pin_dir']}: {', '.join(status['pinned'])}")
     print(f"policy routing: {'present' if status['routing'] else 'MISSING'}; "
           f"sockops on the cgroup: {'attached' if status['sockops_attached'] else 'NOT attached'}")
+    for name, r in report["programs"].items():
+        cost = (f", {r['run_time_ns'] / r['run_cnt']:.0f} ns per run over {r['run_cnt']} runs"
+                if r["run_cnt"] else " (run time: sysctl kernel.bpf_stats_enabled=1)")
+        print(f"  program {name:<8} id {r['id']}{cost}")
     for dev, prog in sorted(status["tc"].items()):
         print(f"  tc ingress {dev:<14} {prog}")
     for ip, pod in sorted(report["enrolled"].items()):

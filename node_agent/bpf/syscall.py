@@ -107,6 +107,17 @@ def prog_info(fd: int) -> tuple[int, str]:
     return prog_id, name
 
 
+def prog_run_stats(fd: int) -> tuple[int, int]:
+    """(run_cnt, run_time_ns) of a loaded program; both stay 0 unless the sysctl
+    kernel.bpf_stats_enabled is 1 (the kernel only counts while it is)."""
+    info = ctypes.create_string_buffer(256)
+    a = _attr()
+    struct.pack_into("=IIQ", a, 0, fd, len(info), _addr(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, a)
+    run_time_ns, run_cnt = struct.unpack_from("=QQ", info, 192)
+    return run_cnt, run_time_ns
+
+
 def prog_get_fd_by_id(prog_id: int) -> int:
     """Open a loaded program by id; the caller closes the returned fd."""
     a = _attr()

@@ -390,6 +390,7 @@ def test_show_prints_what_the_node_holds_and_enroll_names_a_missing_veth(topo, d
         assert p.returncode == 0, p.stderr
         assert f"tc ingress {a.veth}" in p.stdout and "lw_pod_out" in p.stdout
         assert f"enrolled {a.ip}" in p.stdout
+        assert "program pod_out" in p.stdout and "program sockops" in p.stdout
         assert f"outbound {a.ip}:" in p.stdout and f"-> {d.ip}:8080" in p.stdout
         none = subprocess.run([sys.executable, "-m", "node_agent.bpf.show", "--cluster", "tnone",
                                "--node", "node1"], capture_output=True, text=True, timeout=60)
