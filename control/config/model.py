@@ -266,7 +266,7 @@ class VirtualService(Resource):
 
 @dataclass(frozen=True)
 class LoadBalancerSettings:
-    simple: str | None = None
+    simple: str | None = None  # ROUND_ROBIN, LEAST_REQUEST (LEAST_CONN: its old name), RANDOM, UNSPECIFIED
 
 
 @dataclass(frozen=True)
