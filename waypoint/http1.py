@@ -194,6 +194,15 @@ class ResponseReader:
         self.keep_alive = True
         self._started = False
 
+    def reset(self) -> None:
+        """Ready for the next response on the same keep-alive connection (same parser)."""
+        self.status = 0
+        self.headers = []
+        self._body = []
+        self.done = False
+        self.keep_alive = True
+        self._started = False
+
     def on_message_begin(self) -> None:
         self._started = True
 

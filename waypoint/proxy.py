@@ -138,7 +138,11 @@ class UpstreamConn(asyncio.Protocol):
             self.transport.abort()
 
     async def exchange(self, payload: bytes, *, head_only: bool) -> http1.Response:
-        self.reader = http1.ResponseReader(head_only=head_only)
+        reader = self.reader
+        if reader is None or head_only or reader.head_only or not reader.done:
+            self.reader = http1.ResponseReader(head_only=head_only)
+        else:
+            reader.reset()
         self.future = fut = asyncio.get_running_loop().create_future()
         self.transport.write(payload)  # type: ignore[union-attr]
         try:
@@ -323,6 +327,7 @@ class Waypoint:
     def update(self, snapshot: WaypointSnapshot) -> None:
         """Apply a new snapshot atomically; cluster state (ejections, connections) survives."""
         self.config = WaypointConfig.compile(snapshot, default_service=self.default_service)
+        self._ports: dict[tuple[str, str], int] = {}
         self._sources: dict[str, tuple[str, str, str, str]] = {}
         for wl in snapshot.workloads.values():
             self._sources.setdefault(
@@ -464,8 +469,17 @@ class Waypoint:
         out.headers += rl_headers
         return svc, host, out
 
+    def _service_port(self, svc: Service, authority: str) -> int:
+        key = (svc.uid, authority)
+        port = self._ports.get(key)
+        if port is None:
+            port = self._ports[key] = self._find_service_port(svc, authority)
+            if len(self._ports) > 10000:
+                self._ports.clear()
+        return port
+
     @staticmethod
-    def _service_port(svc: Service, authority: str) -> int:
+    def _find_service_port(svc: Service, authority: str) -> int:
         if authority.count(":") == 1:
             try:
                 p = int(authority.rsplit(":", 1)[1])
@@ -659,6 +673,7 @@ class Downstream(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
+        self.loop = asyncio.get_running_loop()
         self.server.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.source_ip = peer[0] if peer else None
@@ -669,15 +684,27 @@ class Downstream(asyncio.Protocol):
         self._arm(self.server.idle_timeout_s, "idle")
 
     def _arm(self, delay: float, why: str) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(delay, self._timeout, why)
+        """Move the connection's one deadline; a timer is rescheduled only to fire earlier."""
+        loop = self.loop
+        deadline = loop.time() + delay
+        self.deadline, self.timer_why = deadline, why
+        t = self.timer
+        if t is None or t.when() > deadline:
+            if t is not None:
+                t.cancel()
+            self.timer = loop.call_at(deadline, self._timeout)
 
-    def _timeout(self, why: str) -> None:
+    def _timeout(self) -> None:
         self.timer = None
         if self.closed:
             return
-        if why == "slow" and self.h2 is None:
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._timeout)
+            return
+        if self.timer_why == "idle" and (self.task is not None or self.h2_tasks):
+            self._arm(self.server.idle_timeout_s, "idle")  # busy, not idle
+            return
+        if self.timer_why == "slow" and self.h2 is None:
             self.metrics.protocol_error("http1", "slow_client")
             self.transport.write(http1.error_response(408, b"request timeout"))
         self._close()
@@ -731,14 +758,13 @@ class Downstream(asyncio.Protocol):
             if len(self.queue) > 32:
                 self.transport.pause_reading()
         if self.reader.mid_request:
-            if self.timer is None or self.timer_why != "slow":
-                self.timer_why = "slow"
+            if self.timer_why != "slow":
                 self._arm(self.server.header_timeout_s, "slow")
         elif not self.queue:
-            self.timer_why = "idle"
             self._arm(self.server.idle_timeout_s, "idle")
 
     timer_why = "idle"
+    deadline = 0.0
 
     async def _serve(self) -> None:
         try:
@@ -762,7 +788,6 @@ class Downstream(asyncio.Protocol):
         finally:
             self.task = None
         if not self.closed and not self.reader.mid_request:
-            self.timer_why = "idle"
             self._arm(self.server.idle_timeout_s, "idle")
 
     # --- HTTP/2 ---------------------------------------------------------------------------
