@@ -5,7 +5,10 @@ Before: a namespace (and, for apply/delete, a local cluster that is up). After: 
 prints the Gateway (`gatewayClassName: lacewing-waypoint`) as YAML; `apply` writes it into
 the local cluster and, with `--enroll-namespace`, labels the namespace
 `lacewing.dev/use-waypoint=<name>` so its traffic goes through the waypoint; `delete` removes
-both. The resource itself comes from `waypoint.manifest`.
+both. The resource itself comes from `waypoint.manifest`. `canary` runs the canary tour on
+loopback: v1 (two pods, one failing 30 %) and v2 of a sample-app Service behind a real
+waypoint, a 90/10 VirtualService, a header (`x-user: tester`) that always reaches v2, retries
+hiding the flaky pod — and prints the observed split.
 """
 
 from __future__ import annotations
@@ -44,6 +47,96 @@ def register(sub: argparse._SubParsersAction) -> None:
                    choices=("service", "workload", "all", "none"))
     add("delete", "remove the waypoint (and the namespace's label if it names it)", _delete,
         cluster=True)
+    c = wsub.add_parser("canary", help="the canary tour on loopback: a 90/10 split, header "
+                        "routing and retries hiding a flaky pod, with the observed split",
+                        description="Run v1 (one pod failing 30%%) and v2 of a sample-app "
+                        "Service behind a waypoint on loopback and show what it does.")
+    c.add_argument("--requests", type=int, default=2000)
+    c.set_defaults(func=lambda args: (run_canary(requests=args.requests), 0)[1])
+
+
+# --- the canary tour (what `lacewing demo` can show for the waypoint) ------------------
+
+CONFIG = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: demo}
+spec:
+  hosts: [reviews]
+  http:
+  - name: testers
+    match: [{headers: {x-user: {exact: tester}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: canary
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+    retries: {attempts: 3, retryOn: "5xx,reset"}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: demo}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+
+
+def run_canary(*, requests: int = 2000, out=print) -> dict:
+    from lacewing.sample_app import Behaviour, Identity, SampleServer, run_load
+    from waypoint import bootstrap
+    from waypoint.proxy import WaypointThread
+
+    pods = [("reviews-v1-0", "v1", Behaviour()), ("reviews-v1-1", "v1", Behaviour(fail_rate=0.3)),
+            ("reviews-v2-0", "v2", Behaviour())]
+    servers = []
+    try:
+        for name, version, behaviour in pods:
+            s = SampleServer(identity=Identity(pod=name, namespace="demo", node="local",
+                                               version=version),
+                             behaviour=behaviour, host="127.0.0.1", port=0, quiet=True)
+            s.start()
+            servers.append((name, version, s))
+        service = {"name": "reviews", "namespace": "demo", "ports": [{"port": 9080}],
+                   "endpoints": [{"name": n, "ip": "127.0.0.1", "port": s.port,
+                                  "labels": {"app": "reviews", "version": v}}
+                                 for n, v, s in servers]}
+        snap = bootstrap.snapshot(waypoint=("demo", "waypoint"), services=[service],
+                                  resources=bootstrap.parse_resources(CONFIG))
+        with WaypointThread(snap, metrics_port=None) as wp:
+            url = f"http://127.0.0.1:{wp.port}/"
+            split = run_load(url, requests=requests, concurrency=4,
+                             headers={"Host": "reviews.demo:9080"})
+            testers = run_load(url, requests=200, concurrency=2,
+                               headers={"Host": "reviews.demo:9080", "x-user": "tester"})
+        flaky_direct = run_load(f"http://127.0.0.1:{servers[1][2].port}/", requests=400,
+                                concurrency=2)
+    finally:
+        for _, _, s in servers:
+            s.stop()
+    v2 = split.versions.get("v2", 0)
+    result = {
+        "requests": requests,
+        "v1_percent": round(100 * split.versions.get("v1", 0) / requests, 1),
+        "v2_percent": round(100 * v2 / requests, 1),
+        "success_percent": round(100 * split.count(200) / requests, 2),
+        "tester_v2_percent": round(100 * testers.versions.get("v2", 0) / 200, 1),
+        "flaky_pod_direct_success_percent": round(100 * flaky_direct.count(200) / 400, 1),
+        "pods": split.pods,
+    }
+    out("canary through the waypoint (VirtualService 90/10, retries 3 × 5xx,reset)")
+    out(f"  split         v1 {result['v1_percent']}%  v2 {result['v2_percent']}%  "
+        f"over {requests} requests  (pods: {', '.join(f'{k} {v}' for k, v in sorted(split.pods.items()))})")
+    out(f"  x-user:tester v2 {result['tester_v2_percent']}% of 200")
+    out(f"  success       {result['success_percent']}% through the waypoint; the flaky pod "
+        f"alone answers {result['flaky_pod_direct_success_percent']}%")
+    return result
+
+
+
+# --- declaring a waypoint ----------------------------------------------------------------
 
 
 def _manifest(args) -> dict:

@@ -1,6 +1,6 @@
 """The canary tour runs end to end and shows what it promises."""
 
-from waypoint.canary import run
+from lacewing.commands.waypoint import run_canary as run
 
 
 def test_canary_tour():
