@@ -2,7 +2,10 @@
 
 Before: a bootstrap file (`waypoint.bootstrap`: mesh resources + a `WaypointServices`
 document) — until the xDS client lands, this is how local mode and the performance suite
-give a waypoint its snapshot — and optionally the waypoint's SVID for mutual TLS. After: the
+give a waypoint its snapshot — and optionally the waypoint's SVID (`--cert/--key/--trust-bundle`,
+or `--ca-dir` to issue one). With an SVID the listener is the waypoint's tunnel port: node
+tunnels connect with mutual TLS and the tunnel header (docs/tunnel.md), and enrolled endpoints
+are reached through their nodes' tunnels. After: the
 proxy serves on `--listen` until SIGTERM/SIGINT, metrics on `--metrics` (`/metrics`,
 `/healthz/ready`); SIGHUP re-reads the bootstrap file (a new snapshot, applied atomically).
 Prints `listening on HOST:PORT` once ready.
@@ -34,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cert", type=Path, help="PEM certificate chain (enables mutual TLS)")
     p.add_argument("--key", type=Path, help="PEM private key")
     p.add_argument("--trust-bundle", type=Path, help="PEM roots that client certificates chain to")
+    p.add_argument("--ca-dir", type=Path,
+                   help="issue the waypoint's own SVID from this CA directory (local mode and "
+                   "standalone runs, as the node tunnel's --ca-dir); enables mutual TLS")
+    p.add_argument("--source-ip", default=None,
+                   help="the waypoint's address, sent as the source to node tunnels "
+                   "(default $POD_IP, else the --listen host)")
     p.add_argument("--trace-sample", type=float, default=0.01,
                    help="share of new traces sampled (default 0.01, Istio's)")
     args = p.parse_args(argv)
@@ -48,22 +57,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load {args.bootstrap}: {e}", file=sys.stderr)
         return 2
     ssl_ctx = None
+    tunnels = None
+    creds = None
     if args.cert or args.key or args.trust_bundle:
         if not (args.cert and args.key and args.trust_bundle):
             print("error: mutual TLS needs --cert, --key and --trust-bundle together",
                   file=sys.stderr)
             return 2
-        from waypoint.tls import server_context
+        creds = (args.cert.read_bytes(), args.key.read_bytes(), args.trust_bundle.read_bytes())
+    elif args.ca_dir:
+        from control.ca.authority import CertificateAuthority
+        from control.ca.spiffe_id import parse_workload
 
-        ssl_ctx = server_context(args.cert.read_bytes(), args.key.read_bytes(),
-                                 args.trust_bundle.read_bytes())
+        ca = CertificateAuthority.load_or_generate(args.ca_dir)
+        key, chain = ca.issue_with_new_key(parse_workload(snap.waypoint.identity))
+        creds = (b"".join(chain.cert_chain), key, b"".join(chain.trust_bundle))
+    if creds is not None:
+        # Mutual TLS means node tunnels: they start each connection with the tunnel header,
+        # and enrolled endpoints are reached through their own node's tunnel.
+        import os
+
+        from waypoint.proxy import Tunnels
+        from waypoint.tls import client_context, server_context
+
+        ssl_ctx = server_context(*creds)
+        source = args.source_ip or os.environ.get("POD_IP") or args.listen[0]
+        tunnels = Tunnels(client_context=client_context(*creds), source_ip=source)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    wp = Waypoint(snap, default_service=args.default_service,
+    wp = Waypoint(snap, default_service=args.default_service, tunnels=tunnels,
                   tracing=Tracing(service_name=f"waypoint.{snap.waypoint.namespace}",
                                   sample_ratio=args.trace_sample))
     server = WaypointServer(wp, host=args.listen[0], port=args.listen[1], ssl_context=ssl_ctx,
-                            metrics_host=args.metrics[0], metrics_port=args.metrics[1])
+                            metrics_host=args.metrics[0], metrics_port=args.metrics[1],
+                            tunnel_header=tunnels is not None)
     stop = asyncio.Event()
 
     def reload() -> None:

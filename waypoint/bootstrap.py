@@ -17,8 +17,11 @@ services:
   ports: [{port: 9080, targetPort: 9080}]
   endpoints:
   - {name: reviews-v1-0, ip: 10.244.1.5, labels: {app: reviews, version: v1},
-     serviceAccount: reviews}
+     serviceAccount: reviews, enrolled: true, nodeIP: 10.0.0.2}
 ```
+An endpoint that is `enrolled` is reached through the node tunnel at its `nodeIP` (mutual TLS,
+docs/tunnel.md); one that is not is connected to directly. `port` (one port for every service
+port) or `ports` (service port → target port) override the Service's target ports.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def parse_resources(text: str | bytes, *, name: str = "<config>") -> list[Resour
 
 def snapshot(*, waypoint: tuple[str, str] = ("default", "waypoint"),
              services: Iterable[dict[str, Any]] = (), resources: Iterable[Resource] = (),
-             trust_domain: str = "cluster.local", version: str = "static") -> WaypointSnapshot:
+             trust_domain: str = "cluster.local", version: str = "static",
+             waypoint_identity: str | None = None) -> WaypointSnapshot:
     """Services as plain dicts (the `WaypointServices` shape) plus typed resources."""
     ns, name = waypoint
     svcs: dict[str, Service] = {}
@@ -79,7 +83,8 @@ def snapshot(*, waypoint: tuple[str, str] = ("default", "waypoint"),
                 namespace=sns, name=wname, node=e.get("node", "local"), ip=e["ip"],
                 node_ip=e.get("nodeIP", e["ip"]), service_account=sa,
                 identity=e.get("identity", f"spiffe://{trust_domain}/ns/{sns}/sa/{sa}"),
-                labels=MappingProxyType(labels), enrolled=True, ready=True,
+                labels=MappingProxyType(labels), enrolled=bool(e.get("enrolled", False)),
+                ready=True,
                 waypoint=f"{ns}/{name}")
             eps.append(Endpoint(uid, e["ip"], MappingProxyType(port_map)))
         svc = Service(sns, s["name"], s.get("vip", ""), ports, tuple(eps), f"{ns}/{name}",
@@ -88,7 +93,8 @@ def snapshot(*, waypoint: tuple[str, str] = ("default", "waypoint"),
     resources = list(resources)
     return WaypointSnapshot(
         version=version,
-        waypoint=Waypoint(ns, name, f"spiffe://{trust_domain}/ns/{ns}/sa/{name}"),
+        waypoint=Waypoint(ns, name, waypoint_identity or
+                          f"spiffe://{trust_domain}/ns/{ns}/sa/{name}"),
         trust_domain=trust_domain,
         services=MappingProxyType(svcs),
         workloads=MappingProxyType(workloads),
@@ -108,6 +114,7 @@ def load_file(path: str | Path) -> WaypointSnapshot:
         raise ValueError(f"{path}: expected exactly one {KIND} document, found {len(spec)}")
     wp = spec[0].get("waypoint", {})
     return snapshot(waypoint=(wp.get("namespace", "default"), wp.get("name", "waypoint")),
+                    waypoint_identity=wp.get("identity"),
                     services=spec[0].get("services", []),
                     resources=parse_resources(data, name=str(path)),
                     trust_domain=spec[0].get("trustDomain", "cluster.local"))

@@ -71,6 +71,7 @@ class Incoming:
     principal: str | None = None       # Istio form: cluster.local/ns/x/sa/y
     source_ip: str | None = None
     protocol: str = "http"             # "http", "http2" or "grpc" (metrics)
+    service_target: tuple[str, int] | None = None  # (service uid, port) a tunnel named
 
 
 @dataclass(slots=True)
@@ -81,13 +82,87 @@ class Outgoing:
     flags: str = "-"
 
 
+# --- node tunnels ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelHop:
+    """How to reach one endpoint through its node's tunnel (mTLS to node_ip:15008)."""
+
+    node_ip: str
+    port: int
+    sni: str
+    expected_identity: str
+    context: ssl.SSLContext
+    source_ip: str
+    source_port: int
+
+
+class Tunnels:
+    """The waypoint's side of the node tunnels' wire protocol (docs/tunnel.md).
+
+    Inbound, the listener expects each connection to start with the tunnel header naming the
+    Service address the client called (`accept_header`). Outbound, endpoints of enrolled
+    workloads are reached through their node's tunnel with the waypoint's own SVID
+    (`client_context`), the SNI asking for the workload's identity, and a header naming the
+    endpoint. Endpoints of workloads outside the mesh are reached directly.
+    """
+
+    def __init__(self, *, client_context: ssl.SSLContext, source_ip: str,
+                 port: int = 15008) -> None:
+        self.client_context = client_context
+        self.source_ip = source_ip
+        self.port = port
+        self.waypoint: Waypoint | None = None
+
+    def hop(self, host: Host) -> TunnelHop | None:
+        from node_agent.ztunnel import wire
+
+        wl = self.waypoint.config.workload(host.workload) if self.waypoint else None
+        if wl is None or not wl.enrolled or not wl.node_ip:
+            return None
+        return TunnelHop(wl.node_ip, self.port, wire.sni_for(wl.identity), wl.identity,
+                         self.client_context, self.source_ip, 15008)
+
+    def target_service(self, ip: str, port: int) -> tuple[str, int] | None:
+        cfg = self.waypoint.config if self.waypoint else None
+        if cfg is None:
+            return None
+        for svc in cfg.snapshot.services.values():
+            if svc.vip == ip and any(p.port == port for p in svc.ports):
+                return svc.uid, port
+        return None
+
+
+def peer_identity(transport) -> str | None:
+    """The one SPIFFE URI SAN of a TLS peer's certificate, or None."""
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    if not der:
+        return None
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)
+            if u.startswith("spiffe://")]
+    return uris[0] if len(uris) == 1 else None
+
+
 # --- upstream ---------------------------------------------------------------------------------
 
 
 class UpstreamConn(asyncio.Protocol):
-    __slots__ = ("state", "host", "transport", "reader", "future", "closed", "served")
+    __slots__ = ("state", "host", "transport", "reader", "future", "closed", "served",
+                 "tunnel", "ready", "_reply")
 
-    def __init__(self, state: ClusterState, host: Host) -> None:
+    def __init__(self, state: ClusterState, host: Host, tunnel: TunnelHop | None = None
+                 ) -> None:
         self.state = state
         self.host = host
         self.transport: asyncio.Transport | None = None
@@ -95,11 +170,58 @@ class UpstreamConn(asyncio.Protocol):
         self.future: asyncio.Future | None = None
         self.closed = False
         self.served = 0
+        self.tunnel = tunnel
+        self.ready: asyncio.Future | None = None
+        self._reply = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
+        if self.tunnel is None:
+            return
+        # Through the destination's node tunnel: check who answered, send the header, and
+        # wait for its reply before any HTTP byte (docs/tunnel.md, "The wire protocol").
+        from node_agent.ztunnel import wire
+
+        self.ready = asyncio.get_running_loop().create_future()
+        peer = peer_identity(transport)
+        if peer != self.tunnel.expected_identity:
+            self.ready.set_exception(UpstreamFailure(
+                retry.CONNECT_FAILURE, f"node tunnel presented {peer}, expected "
+                f"{self.tunnel.expected_identity}"))
+            transport.abort()
+            return
+        self._reply = wire.ReplyReader()
+        transport.write(wire.encode_header(wire.TunnelHeader(
+            wire.Address(self.host.ip, self.host.port),
+            wire.Address(self.tunnel.source_ip, self.tunnel.source_port))))
+
+    def _tunnel_reply(self, data: bytes) -> None:
+        from node_agent.ztunnel import wire
+
+        try:
+            got = self._reply.feed(data)
+        except wire.ProtocolError as e:
+            self.ready.set_exception(UpstreamFailure(retry.CONNECT_FAILURE, str(e)))
+            self.abort()
+            return
+        if got is None:
+            return
+        status, reason, rest = got
+        self._reply = None
+        if status != wire.OK:
+            self.ready.set_exception(UpstreamFailure(
+                retry.CONNECT_FAILURE, f"node tunnel refused: {wire.STATUS_NAMES.get(status)} "
+                f"{reason}"))
+            self.abort()
+            return
+        self.ready.set_result(None)
+        if rest:
+            self.close()  # the pod spoke before it was asked: out of step
 
     def data_received(self, data: bytes) -> None:
+        if self._reply is not None:
+            self._tunnel_reply(data)
+            return
         reader, fut = self.reader, self.future
         if reader is None or fut is None or fut.done():
             self.close()  # bytes nobody asked for: this connection is out of step
@@ -116,6 +238,9 @@ class UpstreamConn(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if not self.closed:
             self.closed = True
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(UpstreamFailure(retry.CONNECT_FAILURE,
+                                                     "node tunnel closed the connection"))
         fut, reader = self.future, self.reader
         if fut is not None and not fut.done():
             if reader is not None and reader.feed_eof():
@@ -156,8 +281,9 @@ class ClusterState:
     """Live state of one cluster: balancer, outlier detector, pool limits and connections."""
 
     def __init__(self, cluster: Cluster, *, rng: random.Random, now: float,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, tunnels: Tunnels | None = None) -> None:
         self.metrics = metrics
+        self.tunnels = tunnels
         self.cluster = cluster
         self.idle: dict[str, list[UpstreamConn]] = {}
         self.waiters: deque[asyncio.Future] = deque()
@@ -221,9 +347,8 @@ class ClusterState:
                 counters.connections += 1
                 try:
                     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                        _, conn = await loop.create_connection(
-                            lambda: UpstreamConn(self, host), host.ip, host.port)
-                except (OSError, TimeoutError) as e:
+                        conn = await self._connect(loop, host)
+                except (OSError, TimeoutError, ssl.SSLError) as e:
                     counters.connections -= 1
                     self._wake()
                     raise UpstreamFailure(retry.CONNECT_FAILURE, str(e)) from None
@@ -247,6 +372,22 @@ class ClusterState:
                     fut.cancel()
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(fut)
+
+    async def _connect(self, loop, host: Host) -> UpstreamConn:
+        hop = self.tunnels.hop(host) if self.tunnels is not None else None
+        if hop is None:
+            _, conn = await loop.create_connection(lambda: UpstreamConn(self, host), host.ip,
+                                                   host.port)
+            return conn
+        _, conn = await loop.create_connection(
+            lambda: UpstreamConn(self, host, hop), hop.node_ip, hop.port,
+            ssl=hop.context, server_hostname=hop.sni)
+        try:
+            await conn.ready
+        except BaseException:
+            conn.abort()
+            raise
+        return conn
 
     def _close_an_idle_connection(self) -> bool:
         for conns in self.idle.values():
@@ -312,7 +453,11 @@ _REASON_BODY = {
 class Waypoint:
     def __init__(self, snapshot: WaypointSnapshot, *, default_service: str | None = None,
                  metrics: Metrics | None = None, tracing: Tracing | None = None,
-                 rng: random.Random | None = None, clock=time.monotonic) -> None:
+                 rng: random.Random | None = None, clock=time.monotonic,
+                 tunnels: Tunnels | None = None) -> None:
+        self.tunnels = tunnels
+        if tunnels is not None:
+            tunnels.waypoint = self
         self.metrics = metrics or Metrics()
         self.tracing = tracing or Tracing(service_name=f"waypoint.{snapshot.waypoint.namespace}")
         self.rng = rng or random.Random()
@@ -352,7 +497,8 @@ class Waypoint:
         st = self.clusters.get(cluster.key)
         if st is None:
             st = self.clusters[cluster.key] = ClusterState(
-                cluster, rng=self.rng, now=self.clock(), metrics=self.metrics)
+                cluster, rng=self.rng, now=self.clock(), metrics=self.metrics,
+                tunnels=self.tunnels)
         elif st.cluster is not cluster:
             st.update(cluster, self.clock())
         return st
@@ -393,10 +539,14 @@ class Waypoint:
             target = normalize_target(rq.target)
         except BadTarget as e:
             return None, None, self._local(400, "-", body=f"bad request: {e}".encode())
-        svc = cfg.service_for(rq.authority)
+        if rq.service_target is not None:   # the node tunnel said which Service was called
+            svc = cfg.snapshot.services.get(rq.service_target[0])
+            port = rq.service_target[1]
+        else:
+            svc = cfg.service_for(rq.authority)
+            port = self._service_port(svc, rq.authority) if svc is not None else 0
         if svc is None:
             return None, None, self._local(404, "NR", body=b"no service for this host")
-        port = self._service_port(svc, rq.authority)
         attrs = None
         policies = cfg.authz_for_service(svc)
         if policies:
@@ -634,22 +784,7 @@ class Waypoint:
 
 def peer_principal(transport) -> str | None:
     """The Istio principal of a TLS peer: its certificate's one SPIFFE URI SAN."""
-    sslobj = transport.get_extra_info("ssl_object")
-    if sslobj is None:
-        return None
-    der = sslobj.getpeercert(binary_form=True)
-    if not der:
-        return None
-    from cryptography import x509
-
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)
-            if u.startswith("spiffe://")]
-    return authz_mod.principal_of(uris[0]) if len(uris) == 1 else None
+    return authz_mod.principal_of(peer_identity(transport))
 
 
 class Downstream(asyncio.Protocol):
@@ -670,6 +805,12 @@ class Downstream(asyncio.Protocol):
         self.sniff = b""
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None
+        self.target: tuple[str, int] | None = None
+        self.header_reader = None
+        if server.tunnel_header:
+            from node_agent.ztunnel import wire
+
+            self.header_reader = wire.HeaderReader()
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -728,7 +869,40 @@ class Downstream(asyncio.Protocol):
         self.h2 = http2.H2Server(max_head=self.server.max_head)
         self.transport.write(self.h2.data_to_send())
 
+    def _tunnel_header(self, data: bytes) -> bytes | None:
+        """The node tunnel's header: which Service the client called, and who the client is."""
+        from node_agent.ztunnel import wire
+
+        try:
+            got = self.header_reader.feed(data)
+        except wire.ProtocolError as e:
+            self.metrics.protocol_error("tunnel", "bad_header")
+            self.transport.write(wire.encode_reply(wire.BAD_REQUEST, str(e)))
+            self._close()
+            return None
+        if got is None:
+            return None
+        header, rest = got
+        self.header_reader = None
+        tunnels = self.waypoint.tunnels
+        target = tunnels.target_service(header.target.ip, header.target.port) if tunnels else None
+        if target is None:
+            self.metrics.protocol_error("tunnel", "unknown_target")
+            self.transport.write(wire.encode_reply(
+                wire.UNKNOWN_TARGET, f"{header.target.ip}:{header.target.port} is not a Service "
+                "of this waypoint"))
+            self._close()
+            return None
+        self.target = target
+        self.source_ip = header.source.ip
+        self.transport.write(wire.encode_reply(wire.OK))
+        return rest
+
     def data_received(self, data: bytes) -> None:
+        if self.header_reader is not None:
+            data = self._tunnel_header(data)
+            if not data:
+                return
         if self.h2 is not None:
             self._h2_data(data)
             return
@@ -775,7 +949,7 @@ class Downstream(asyncio.Protocol):
                         self.transport.resume_reading()
                 out = await self.waypoint.handle(Incoming(
                     req.method, req.target, req.authority, req.headers, req.body,
-                    self.principal, self.source_ip, "http"))
+                    self.principal, self.source_ip, "http", self.target))
                 keep = req.keep_alive and not self.server.draining
                 if self.closed:
                     return
@@ -822,7 +996,7 @@ class Downstream(asyncio.Protocol):
             ctype = next((v for n, v in headers if n == "content-type"), "")
             out = await self.waypoint.handle(Incoming(
                 method, path, authority, headers, ev.body, self.principal, self.source_ip,
-                "grpc" if ctype.startswith("application/grpc") else "http2"))
+                "grpc" if ctype.startswith("application/grpc") else "http2", self.target))
             if self.closed or self.h2 is None:
                 return
             self.h2.respond(ev.stream_id, out.status, out.headers, out.body)
@@ -873,7 +1047,8 @@ class WaypointServer:
                  ssl_context: ssl.SSLContext | None = None, metrics_port: int | None = None,
                  metrics_host: str | None = None, max_head: int = 65536,
                  header_timeout_s: float = HEADER_TIMEOUT_S,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S, tunnel_header: bool = False) -> None:
+        self.tunnel_header = tunnel_header
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.waypoint = waypoint
@@ -929,10 +1104,11 @@ class WaypointThread:
     def __init__(self, snapshot: WaypointSnapshot, *, host: str = "127.0.0.1", port: int = 0,
                  ssl_context: ssl.SSLContext | None = None, metrics_port: int | None = 0,
                  default_service: str | None = None, tracing: Tracing | None = None,
-                 rng: random.Random | None = None, **server_options) -> None:
+                 rng: random.Random | None = None, tunnels: Tunnels | None = None,
+                 **server_options) -> None:
         self.loop = new_event_loop()
         self.waypoint = Waypoint(snapshot, default_service=default_service, tracing=tracing,
-                                 rng=rng)
+                                 rng=rng, tunnels=tunnels)
         self.server = WaypointServer(self.waypoint, host=host, port=port,
                                      ssl_context=ssl_context, metrics_port=metrics_port,
                                      **server_options)
