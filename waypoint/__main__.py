@@ -29,7 +29,13 @@ def _addr(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m waypoint", description=__doc__.split("\n")[0])
-    p.add_argument("--bootstrap", type=Path, required=True, help="snapshot file (YAML)")
+    p.add_argument("--bootstrap", type=Path, help="snapshot file (YAML); or follow --xds")
+    p.add_argument("--xds", metavar="HOST:PORT[,HOST:PORT]",
+                   help="control plane replicas to follow over delta xDS (instead of a file)")
+    p.add_argument("--credentials", type=Path,
+                   help="with --xds: the node credential directory (node-cert.pem, ...)")
+    p.add_argument("--node", help="with --xds: the node this waypoint runs on")
+    p.add_argument("--waypoint", metavar="NS/NAME", help="with --xds: which waypoint this is")
     p.add_argument("--listen", type=_addr, default=("0.0.0.0", 15008), metavar="HOST:PORT")
     p.add_argument("--metrics", type=_addr, default=("0.0.0.0", 15020), metavar="HOST:PORT")
     p.add_argument("--default-service", metavar="NS/NAME",
@@ -51,11 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     from waypoint.proxy import Waypoint, WaypointServer, new_event_loop
     from waypoint.telemetry import Tracing
 
-    try:
-        snap = bootstrap.load_file(args.bootstrap)
-    except Exception as e:  # noqa: BLE001 - one clear line for the operator
-        print(f"error: cannot load {args.bootstrap}: {e}", file=sys.stderr)
+    if bool(args.bootstrap) == bool(args.xds):
+        print("error: give either --bootstrap FILE or --xds ADDRESSES", file=sys.stderr)
         return 2
+    if args.xds:
+        if not (args.credentials and args.node and args.waypoint and "/" in args.waypoint):
+            print("error: --xds needs --credentials DIR, --node NAME and --waypoint NS/NAME",
+                  file=sys.stderr)
+            return 2
+        ns, name = args.waypoint.split("/", 1)
+        snap = bootstrap.snapshot(waypoint=(ns, name), version="")  # until the first push
+    else:
+        try:
+            snap = bootstrap.load_file(args.bootstrap)
+        except Exception as e:  # noqa: BLE001 - one clear line for the operator
+            print(f"error: cannot load {args.bootstrap}: {e}", file=sys.stderr)
+            return 2
     ssl_ctx = None
     tunnels = None
     creds = None
@@ -94,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = asyncio.Event()
 
     def reload() -> None:
+        if args.bootstrap is None:
+            return
         try:
             wp.update(bootstrap.load_file(args.bootstrap))
             print("reloaded", args.bootstrap, flush=True)
@@ -110,8 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload)
+        follower = None
+        if args.xds:
+            from waypoint.control import follow
+
+            client = follow(wp, addresses=args.xds.split(","), credentials=args.credentials,
+                            node=args.node, namespace=ns, name=name)
+            follower = loop.create_task(client.run())
         print(f"listening on {args.listen[0]}:{server.port}", flush=True)
         await stop.wait()
+        if follower is not None:
+            follower.cancel()
         await server.stop()
 
     try:
