@@ -20,7 +20,7 @@ import pytest
 from node_agent.bpf import syscall
 from node_agent.bpf.attach import cgroup2_root
 from tests.bpf.conftest import _pod
-from tests.bpf.netapps import ask_who, connect, transfer
+from tests.bpf.netapps import Server, ask_who, connect, transfer
 from tests.bpf.topology import in_netns, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -98,6 +98,12 @@ def test_unenrolled_pods_and_the_node_itself_are_untouched(topo, dp, relay, serv
         assert seen == f"{e.ip}:{mine[1]}"
         seen, mine = ask_who(topo.nodes[0].name, b.ip, 8080)   # the node's own -> enrolled
         assert seen == f"{mine[0]}:{mine[1]}"
+        node_server = Server(topo.nodes[0].name, 8081)       # enrolled -> the node itself
+        try:
+            seen, mine = ask_who(b.name, topo.nodes[0].gateway, 8081)
+            assert seen == f"{b.ip}:{mine[1]}"
+        finally:
+            node_server.close()
         assert relay.drain() == []
     finally:
         dp.leave(_pod(b))
