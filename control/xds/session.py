@@ -81,6 +81,15 @@ class DeltaSession:
         self.last_push: float | None = None
         self.last_ack: float | None = None
         self.acks: list[Ack] = []  # drained by the server after each call
+        self.computed_version = ""  # catalog version up to which responses were computed
+        self.acked_version = ""     # catalog version the client has confirmed holding all of
+
+    def _pending(self) -> bool:
+        return any(st.pending for st in self.types.values())
+
+    def _settle(self) -> None:
+        if not self._pending() and self.types:
+            self.acked_version = self.computed_version
 
     # --- helpers --------------------------------------------------------------------------------
     def _visible(self, catalog: Catalog, type_url: str) -> dict:
@@ -147,6 +156,7 @@ class DeltaSession:
                                       full=True)
                 if resp is not None:
                     out.append(resp)
+                self.computed_version = catalog.version_info
         return out
 
     def on_ready(self, catalog: Catalog, *, now: float) -> list[discovery_pb2.DeltaDiscoveryResponse]:
@@ -157,6 +167,7 @@ class DeltaSession:
             resp = self._response(catalog, type_url, names, now=now, started_at=None, full=True)
             if resp is not None:
                 out.append(resp)
+        self.computed_version = catalog.version_info
         return out
 
     def on_change(self, change: Change, catalog: Catalog, *,
@@ -171,6 +182,9 @@ class DeltaSession:
                                   started_at=change.started_at, full=False)
             if resp is not None:
                 out.append(resp)
+        if self.types:
+            self.computed_version = catalog.version_info
+            self._settle()
         return out
 
     def _on_ack(self, type_url: str, st: _TypeState, req, *, now: float) -> None:
@@ -178,6 +192,7 @@ class DeltaSession:
         self.last_ack = now
         if sent is None:
             return  # a nonce we no longer track (stale); nothing to learn
+        self._settle()
         convergence = (now - sent.started_at) if sent.started_at is not None else None
         if not req.HasField("error_detail") or req.error_detail.code == 0:
             st.acked_version = sent.system_version
@@ -209,8 +224,7 @@ class DeltaSession:
                                               "ackedVersion": st.acked_version,
                                               "pending": len(st.pending), "nacks": st.nacks}
                       for t, st in sorted(self.types.items())},
-            "ackedVersion": min((st.acked_version for st in self.types.values()),
-                                key=lambda v: int(v or 0), default=""),
+            "ackedVersion": self.acked_version, "inSync": not self._pending() and bool(self.types),
             "pushes": self.pushes, "bytesSent": self.bytes_sent,
             "rejects": [{"type": SHORT_NAMES.get(r.type_url, r.type_url), "name": r.name,
                          "version": r.version, "reason": r.reason} for r in self.rejections()],
