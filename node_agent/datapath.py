@@ -78,9 +78,11 @@ class Pod:
 
 class Datapath:
     """One node's datapath. `netns` is the node's network namespace (a path or a name under
-    /run/netns); None means the one this process runs in (an agent started with nsenter)."""
+    /run/netns); None means the one this process runs in (an agent started with nsenter).
+    `uplink` is the device traffic from other nodes arrives on (None: there is none)."""
 
-    def __init__(self, cluster: str, node: str, *, netns: str | None = None, uplink: str = "eth0",
+    def __init__(self, cluster: str, node: str, *, netns: str | None = None,
+                 uplink: str | None = "eth0",
                  cgroup: str | None = None, settings: Settings = DEFAULT,
                  python: str = sys.executable):
         self.cluster = cluster
@@ -246,9 +248,8 @@ class Datapath:
 
     def _attach_node(self) -> None:
         self.prepare_node()
-        up = self._ifindex(self.uplink, must=False)
-        if up is not None:
-            self._tc(up, "inbound")
+        if self.uplink is not None:     # None: a node with no uplink (nothing from off-node)
+            self._tc(self._ifindex(self.uplink), "inbound")
         attach.cgroup_attach(self.cgroup, self._prog("sockops"))
 
     def _refresh_local_addresses(self) -> None:
@@ -363,7 +364,7 @@ class Datapath:
         for ip in self.enrolled():
             if ip not in ips:
                 self._drop(ip)
-        up = self._ifindex(self.uplink, must=False)
+        up = self._ifindex(self.uplink, must=False) if self.uplink else None
         for link in self._ip().get_links():
             name = link.get_attr("IFLA_IFNAME")
             if link["index"] != up and name not in veths:

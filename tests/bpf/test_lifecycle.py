@@ -130,3 +130,12 @@ def test_uninstall_after_the_node_namespace_is_gone_still_cleans_the_host(small)
                                                     attach_type=syscall.BPF_CGROUP_SOCK_OPS)
     finally:
         os.close(fd)
+
+
+def test_install_names_a_missing_uplink(small):
+    dp = Datapath(small.cluster, "node1", netns=small.nodes[0].name, uplink="ens9")
+    try:
+        with pytest.raises(DatapathError, match="no device ens9"):
+            dp.install()
+    finally:
+        dp.uninstall()
