@@ -14,6 +14,7 @@ up on the next generation.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,40 @@ class ComponentSpec:
         return cls(**{**data, "argv": tuple(data["argv"]), "env": dict(data.get("env") or {})})
 
 
+CONTROL_PLANE_GRPC_PORT = 15012
+CONTROL_PLANE_METRICS_PORT = 15014
+NODE_AGENT_READY_PORT = 15021
+
+
+def control_plane_spec(record: dict[str, Any], state_dir: Path) -> ComponentSpec:
+    """The control plane in the fabric namespace: CA + xDS on :15012, metrics on :15014."""
+    cp = record.get("controlPlane") or {}
+    return ComponentSpec(
+        name="control-plane", kind="control-plane", netns=cp.get("netns", ""),
+        argv=(sys.executable, "-m", "control", "--local-state", str(state_dir),
+              "--grpc-address", f"0.0.0.0:{CONTROL_PLANE_GRPC_PORT}",
+              "--metrics-address", f"0.0.0.0:{CONTROL_PLANE_METRICS_PORT}"),
+        ready_port=CONTROL_PLANE_METRICS_PORT)
+
+
+def node_agent_spec(record: dict[str, Any], state_dir: Path, node: dict[str, Any]) -> ComponentSpec:
+    """One node agent in its node's namespace, reaching the control plane over the underlay."""
+    address = (record.get("controlPlane") or {}).get("address", "")
+    return ComponentSpec(
+        name=f"node-agent-{node['name']}", kind="node-agent", netns=node["netns"],
+        node=node["name"],
+        argv=(sys.executable, "-m", "node_agent", "--cluster", str(record.get("name", "")),
+              "--node", node["name"], "--control-plane", f"{address}:{CONTROL_PLANE_GRPC_PORT}",
+              "--credentials", str(state_dir / "nodes" / node["name"])),
+        ready_port=NODE_AGENT_READY_PORT)
+
+
 def default_components(record: dict[str, Any], state_dir: Path) -> list[ComponentSpec]:
-    """What every local cluster runs. Empty until the control plane and node agent exist."""
-    return []
+    """What every local cluster runs: the control plane and one node agent per node."""
+    if not (record.get("controlPlane") or {}).get("netns"):
+        return []
+    return [control_plane_spec(record, state_dir)] + [
+        node_agent_spec(record, state_dir, node) for node in record.get("nodes") or ()]
 
 
 def read_components(state_dir: Path) -> list[ComponentSpec]:

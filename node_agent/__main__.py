@@ -1,0 +1,62 @@
+"""`python -m node_agent`: run a node agent.
+
+    python -m node_agent --cluster C --node N --control-plane 172.18.0.2:15012 \\
+        --credentials /run/lacewing/lw-C/nodes/N
+
+`--control-plane` may be repeated (or comma-separated) for replicas. Admin on 127.0.0.1:15000,
+metrics on :15020, readiness on :15021 (see node_agent/admin.py). Stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from node_agent.agent import NodeAgent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m node_agent", description=__doc__.split("\n")[0])
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--node", required=True)
+    p.add_argument("--control-plane", action="append", required=True, metavar="HOST:PORT")
+    p.add_argument("--credentials", required=True, metavar="DIR",
+                   help="node-cert.pem, node-key.pem and root-cert.pem of this node")
+    p.add_argument("--admin-port", type=int, default=15000)
+    p.add_argument("--metrics-host", default="0.0.0.0")
+    p.add_argument("--metrics-port", type=int, default=15020)
+    p.add_argument("--ready-port", type=int, default=15021)
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    addresses = [a.strip() for arg in args.control_plane for a in arg.split(",") if a.strip()]
+    agent = NodeAgent(cluster=args.cluster, node=args.node, control_planes=addresses,
+                      credentials=args.credentials, admin_port=args.admin_port,
+                      metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                      ready_port=args.ready_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.start()
+    try:
+        await stop.wait()
+    finally:
+        await agent.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
