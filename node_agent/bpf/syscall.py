@@ -26,6 +26,7 @@ BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_ATTACH = 8
 BPF_PROG_DETACH = 9
+BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
@@ -105,6 +106,18 @@ def prog_info(fd: int) -> tuple[int, str]:
     prog_id = struct.unpack_from("=I", info, 4)[0]
     name = info.raw[64:80].split(b"\0", 1)[0].decode()
     return prog_id, name
+
+
+def prog_test_run(fd: int, packet: bytes) -> int:
+    """Run a program once on a packet (BPF_PROG_TEST_RUN) and return its verdict. For tests
+    that build packets and check verdicts; nothing is sent anywhere."""
+    data = ctypes.create_string_buffer(packet, len(packet))
+    out = ctypes.create_string_buffer(len(packet) + 256)
+    a = _attr()
+    struct.pack_into("=IIIIQQII", a, 0, fd, 0, len(packet), len(out), _addr(data), _addr(out),
+                     1, 0)
+    _bpf(BPF_PROG_TEST_RUN, a)
+    return struct.unpack_from("=I", a, 4)[0]
 
 
 def prog_run_stats(fd: int) -> tuple[int, int]:
