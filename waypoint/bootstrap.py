@@ -67,7 +67,7 @@ def snapshot(*, waypoint: tuple[str, str] = ("default", "waypoint"),
     for s in services:
         sns = s.get("namespace", ns)
         ports = tuple(ServicePort(int(p["port"]), int(p.get("targetPort", p["port"])),
-                                  p.get("name", ""), p.get("appProtocol", "http"))
+                                  p.get("name", ""), p.get("appProtocol", ""))
                       for p in s.get("ports", [{"port": 80}]))
         eps = []
         for i, e in enumerate(s.get("endpoints", [])):

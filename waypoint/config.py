@@ -78,11 +78,24 @@ class Cluster:
     subset: str
     hosts: tuple[Host, ...]
     policy: TrafficPolicy
+    h2: bool = False          # the port speaks HTTP/2 (gRPC): upstream streams, not HTTP/1.1
 
     @property
     def name(self) -> str:
         uid, port, subset = self.key
         return f"outbound|{port}|{subset}|{self.service.hostname}"
+
+
+H2_PROTOCOLS = frozenset({"http2", "grpc", "grpc-web", "h2c"})
+
+
+def speaks_h2(service: Service, port: int) -> bool:
+    """Istio's rule: `appProtocol`, else the port name's prefix (`grpc-...`, `http2-...`)."""
+    for sp in service.ports:
+        if sp.port == port:
+            proto = (sp.app_protocol or sp.name.split("-", 1)[0]).lower()
+            return proto in H2_PROTOCOLS
+    return False
 
 
 def _labels_match(selector: dict | None, labels) -> bool:
@@ -183,7 +196,7 @@ class WaypointConfig:
             hosts.append(Host(f"{ep.ip}:{target}", ep.ip, target, ep.workload,
                               labels.get("version", "unknown")))
         return Cluster((service.uid, port, subset), service, port, subset, tuple(hosts),
-                       policy or TrafficPolicy())
+                       policy or TrafficPolicy(), speaks_h2(service, port))
 
     def workload(self, uid: str) -> Workload | None:
         return self.snapshot.workloads.get(uid)

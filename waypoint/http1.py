@@ -68,6 +68,7 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     keep_alive: bool = True
+    trailers: list[tuple[str, str]] = field(default_factory=list)
 
 
 class RequestReader:

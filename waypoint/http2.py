@@ -12,6 +12,9 @@ to write. Bad input never raises out of here:
 - a stream whose headers exceed `max_head` bytes → RST_STREAM(REFUSED... ) answered 431;
 - more than `max_concurrent` open streams is refused by SETTINGS (h2 enforces it).
 Each refusal is reported in `errors` for the proxy to count.
+
+`H2Client` is the upstream side (gRPC and HTTP/2 services): requests become streams on one
+connection per endpoint, responses (with trailers) come back whole.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class H2Server:
         self.reset_window_s = reset_window_s
         self._resets: list[float] = []
         self._streams: dict[int, _Stream] = {}
-        self._pending: dict[int, tuple[memoryview, bool]] = {}  # body not yet sent
+        self._pending: dict[int, tuple[memoryview, list | None]] = {}  # not yet sent
         self.closed = False
         self.errors: list[str] = []
 
@@ -154,38 +157,130 @@ class H2Server:
             pass
 
     def respond(self, stream_id: int, status: int, headers: list[tuple[str, str]],
-                body: bytes) -> None:
+                body: bytes, trailers: list[tuple[str, str]] | None = None) -> None:
         if self.closed:
             return
         hs = [(":status", str(status))] + [(n, v) for n, v in headers
                                              if n not in _H2_FORBIDDEN]
-        hs.append(("content-length", str(len(body))))
+        if not trailers:
+            hs.append(("content-length", str(len(body))))
         try:
-            self.conn.send_headers(stream_id, hs, end_stream=not body)
+            self.conn.send_headers(stream_id, hs, end_stream=not body and not trailers)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return  # the client reset the stream meanwhile
-        if body:
-            self._pending[stream_id] = (memoryview(body), True)
+        if body or trailers:
+            self._pending[stream_id] = (memoryview(body), trailers or None)
             self._flush()
 
     def _flush(self) -> None:
-        for sid in list(self._pending):
-            view, end = self._pending[sid]
-            try:
-                window = min(self.conn.local_flow_control_window(sid),
-                             self.conn.max_outbound_frame_size)
-                while window > 0 and view:
-                    chunk, view = view[:window], view[window:]
-                    self.conn.send_data(sid, bytes(chunk), end_stream=end and not view)
-                    window = min(self.conn.local_flow_control_window(sid),
-                                 self.conn.max_outbound_frame_size)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-                self._pending.pop(sid, None)
-                continue
-            if view:
-                self._pending[sid] = (view, end)
-            else:
-                del self._pending[sid]
+        flush(self.conn, self._pending)
+
+
+def flush(conn: h2.connection.H2Connection,
+          pending: dict[int, tuple[memoryview, list | None]]) -> None:
+    """Send queued bodies as far as flow control allows; trailers (if any) end the stream."""
+    for sid in list(pending):
+        view, trailers = pending[sid]
+        try:
+            window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            while window > 0 and view:
+                chunk, view = view[:window], view[window:]
+                conn.send_data(sid, bytes(chunk), end_stream=not view and not trailers)
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if not view and trailers:
+                conn.send_headers(sid, trailers, end_stream=True)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            pending.pop(sid, None)
+            continue
+        if view:
+            pending[sid] = (view, trailers)
+        else:
+            del pending[sid]
+
+
+@dataclass(slots=True)
+class ResponseReady:
+    stream_id: int
+    status: int
+    headers: list[tuple[str, str]]     # without pseudo-headers
+    body: bytes
+    trailers: list[tuple[str, str]]
+
+
+class H2Client:
+    """The upstream side: requests as streams on one connection, whole responses back."""
+
+    def __init__(self) -> None:
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
+                                        validate_inbound_headers=True,
+                                        normalize_inbound_headers=True)
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.initiate_connection()
+        self._streams: dict[int, dict] = {}
+        self._pending: dict[int, tuple[memoryview, list | None]] = {}
+        self.closed = False
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def request(self, headers: list[tuple[str, str]], body: bytes) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, headers, end_stream=not body)
+        self._streams[sid] = {"status": 0, "headers": [], "body": [], "trailers": []}
+        if body:
+            self._pending[sid] = (memoryview(body), None)
+            flush(self.conn, self._pending)
+        return sid
+
+    def cancel(self, sid: int) -> None:
+        self._streams.pop(sid, None)
+        self._pending.pop(sid, None)
+        try:
+            self.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            pass
+
+    def feed(self, data: bytes) -> list[ResponseReady | int]:
+        """Complete responses, and the ids (ints) of streams the server reset."""
+        if self.closed:
+            return []
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.closed = True
+            return []
+        out: list[ResponseReady | int] = []
+        for ev in events:
+            st = self._streams.get(getattr(ev, "stream_id", 0) or 0)
+            if isinstance(ev, h2.events.ResponseReceived) and st is not None:
+                for n, v in ev.headers:
+                    if n == ":status":
+                        st["status"] = int(v)
+                    elif not n.startswith(":"):
+                        st["headers"].append((n, v))
+            elif isinstance(ev, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if st is not None:
+                    st["body"].append(ev.data)
+            elif isinstance(ev, h2.events.TrailersReceived) and st is not None:
+                st["trailers"] = [(n, v) for n, v in ev.headers]
+            elif isinstance(ev, h2.events.StreamEnded) and st is not None:
+                del self._streams[ev.stream_id]
+                out.append(ResponseReady(ev.stream_id, st["status"], st["headers"],
+                                         b"".join(st["body"]), st["trailers"]))
+            elif isinstance(ev, h2.events.StreamReset):
+                if self._streams.pop(ev.stream_id, None) is not None:
+                    out.append(ev.stream_id)
+                self._pending.pop(ev.stream_id, None)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                flush(self.conn, self._pending)
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.closed = True
+        return out
 
 
 _H2_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",

@@ -80,6 +80,7 @@ class Outgoing:
     headers: list[tuple[str, str]]
     body: bytes
     flags: str = "-"
+    trailers: list[tuple[str, str]] | None = None
 
 
 # --- node tunnels ----------------------------------------------------------------------------
@@ -215,8 +216,12 @@ class UpstreamConn(asyncio.Protocol):
             self.abort()
             return
         self.ready.set_result(None)
+        self.tunnel_ready()
         if rest:
             self.close()  # the pod spoke before it was asked: out of step
+
+    def tunnel_ready(self) -> None:
+        pass
 
     def data_received(self, data: bytes) -> None:
         if self._reply is not None:
@@ -277,6 +282,71 @@ class UpstreamConn(asyncio.Protocol):
             self.served += 1
 
 
+class UpstreamH2Conn(UpstreamConn):
+    """One HTTP/2 connection to an endpoint (gRPC): each request is a stream on it."""
+
+    __slots__ = ("h2", "waiting")
+
+    def __init__(self, state: ClusterState, host: Host, tunnel: TunnelHop | None = None
+                 ) -> None:
+        super().__init__(state, host, tunnel)
+        self.h2 = http2.H2Client()
+        self.waiting: dict[int, asyncio.Future] = {}
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.tunnel is None:
+            transport.write(self.h2.data_to_send())
+
+    def tunnel_ready(self) -> None:
+        self.transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        if self._reply is not None:
+            self._tunnel_reply(data)
+            return
+        for ev in self.h2.feed(data):
+            if isinstance(ev, int):
+                fut = self.waiting.pop(ev, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(UpstreamFailure(retry.RESET, "stream reset by upstream"))
+            else:
+                fut = self.waiting.pop(ev.stream_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(http1.Response(ev.status, ev.headers, ev.body, True,
+                                                  ev.trailers))
+        out = self.h2.data_to_send()
+        if out:
+            self.transport.write(out)
+        if self.h2.closed:
+            self.close()
+
+    def connection_lost(self, exc) -> None:
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(UpstreamFailure(retry.RESET, "upstream connection closed"))
+        self.waiting.clear()
+        super().connection_lost(exc)
+
+    async def exchange_h2(self, request: tuple[list, bytes]) -> http1.Response:
+        if self.closed:
+            raise UpstreamFailure(retry.RESET, "upstream connection closed", fresh=False)
+        headers, body = request
+        sid = self.h2.request(headers, body)
+        fut = self.waiting[sid] = asyncio.get_running_loop().create_future()
+        self.transport.write(self.h2.data_to_send())  # type: ignore[union-attr]
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self.waiting.pop(sid, None)
+            self.h2.cancel(sid)
+            if not self.closed:
+                self.transport.write(self.h2.data_to_send())  # type: ignore[union-attr]
+            raise
+        finally:
+            self.served += 1
+
+
 class ClusterState:
     """Live state of one cluster: balancer, outlier detector, pool limits and connections."""
 
@@ -286,6 +356,8 @@ class ClusterState:
         self.tunnels = tunnels
         self.cluster = cluster
         self.idle: dict[str, list[UpstreamConn]] = {}
+        self.h2conns: dict[str, UpstreamH2Conn] = {}
+        self.h2connecting: dict[str, asyncio.Future] = {}
         self.waiters: deque[asyncio.Future] = deque()
         self.in_flight: dict[str, int] = {}
         self.rng = rng
@@ -373,14 +445,50 @@ class ClusterState:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(fut)
 
-    async def _connect(self, loop, host: Host) -> UpstreamConn:
+    async def acquire_h2(self, host: Host) -> UpstreamH2Conn:
+        """The one HTTP/2 connection to `host`, made on first use (concurrent callers share it)."""
+        conn = self.h2conns.get(host.address)
+        if conn is not None and not conn.closed:
+            return conn
+        connecting = self.h2connecting.get(host.address)
+        if connecting is not None:
+            return await asyncio.shield(connecting)
+        loop = asyncio.get_running_loop()
+        fut = self.h2connecting[host.address] = loop.create_future()
+        counters = self.counters
+        try:
+            if not counters.may_connect():
+                raise Overflow("connections")
+            counters.connections += 1
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    conn = await self._connect(loop, host, UpstreamH2Conn)
+            except (OSError, TimeoutError, ssl.SSLError) as e:
+                counters.connections -= 1
+                raise UpstreamFailure(retry.CONNECT_FAILURE, str(e)) from None
+            except BaseException:
+                counters.connections -= 1
+                raise
+            self.h2conns[host.address] = conn
+            fut.set_result(conn)
+            return conn
+        except BaseException as e:
+            if not fut.done():
+                fut.set_exception(e)
+                fut.exception()  # retrieved: no "never retrieved" warning
+            raise
+        finally:
+            self.h2connecting.pop(host.address, None)
+
+    async def _connect(self, loop, host: Host, kind: type[UpstreamConn] = UpstreamConn
+                       ) -> UpstreamConn:
         hop = self.tunnels.hop(host) if self.tunnels is not None else None
         if hop is None:
-            _, conn = await loop.create_connection(lambda: UpstreamConn(self, host), host.ip,
+            _, conn = await loop.create_connection(lambda: kind(self, host), host.ip,
                                                    host.port)
             return conn
         _, conn = await loop.create_connection(
-            lambda: UpstreamConn(self, host, hop), hop.node_ip, hop.port,
+            lambda: kind(self, host, hop), hop.node_ip, hop.port,
             ssl=hop.context, server_hostname=hop.sni)
         try:
             await conn.ready
@@ -408,6 +516,8 @@ class ClusterState:
 
     def connection_closed(self, conn: UpstreamConn) -> None:
         self.counters.connections -= 1
+        if self.h2conns.get(conn.host.address) is conn:
+            del self.h2conns[conn.host.address]
         idle = self.idle.get(conn.host.address)
         if idle and conn in idle:
             idle.remove(conn)
@@ -425,6 +535,8 @@ class ClusterState:
             for c in conns:
                 c.close()
         self.idle.clear()
+        for c in list(self.h2conns.values()):
+            c.close()
 
 
 # --- the request pipeline -------------------------------------------------------------------
@@ -448,6 +560,26 @@ _REASON_BODY = {
     "UT": b"upstream request timeout", "FI": b"fault filter abort",
     "RL": b"local_rate_limited", "RBAC": authz_mod.DENY_BODY,
 }
+
+
+def h2_request(method: str, uri: str, authority: str, headers: list[tuple[str, str]],
+               body: bytes, te_trailers: bool) -> tuple[list[tuple[str, str]], bytes]:
+    hs = [(":method", method), (":scheme", "http"), (":path", uri), (":authority", authority)]
+    hs += headers
+    if te_trailers:
+        hs.append(("te", "trailers"))  # gRPC needs it; hop-by-hop otherwise
+    return hs, body
+
+
+# Envoy's mapping for local replies to gRPC clients: HTTP status → grpc-status.
+GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def grpc_local_reply(out: Outgoing) -> Outgoing:
+    code = GRPC_STATUS.get(out.status, 2)
+    message = out.body.decode("utf-8", "replace")
+    return Outgoing(200, [("content-type", "application/grpc"), ("grpc-status", str(code)),
+                          ("grpc-message", message)], b"", out.flags)
 
 
 class Waypoint:
@@ -523,6 +655,8 @@ class Waypoint:
         except Exception as e:  # a bug must cost one request, never the connection
             out = Outgoing(500, [("content-type", "text/plain")],
                            f"waypoint error: {type(e).__name__}".encode(), "-")
+        if rq.protocol == "grpc" and out.status != 200 and (out.flags != "-" or host is None):
+            out = grpc_local_reply(out)
         span.set_attribute("http.response.status_code", out.status)
         span.end()
         self._observe(rq, svc, host, out, start)
@@ -647,7 +781,11 @@ class Waypoint:
         if not counters.admit_request():
             self.metrics.overflow.labels(state.cluster.name, "requests").inc()
             return None, self._local(503, "UO", [("x-envoy-overloaded", "true")])
-        payload = http1.serialize_request(rq.method, uri, authority, headers, rq.body)
+        if state.cluster.h2:
+            payload = h2_request(rq.method, uri, authority, headers, rq.body,
+                                 req_headers.get("te") == "trailers")
+        else:
+            payload = http1.serialize_request(rq.method, uri, authority, headers, rq.body)
         head_only = rq.method == "HEAD"
         tried: list[str] = []
         host: Host | None = None
@@ -679,7 +817,7 @@ class Waypoint:
                         outcome: int | str = resp.status
                         last = Outgoing(resp.status, [(n, v) for n, v in resp.headers
                                                       if n not in http1.HOP_BY_HOP],
-                                        resp.body, "-")
+                                        resp.body, "-", resp.trailers or None)
                     except TimeoutError:
                         outcome, last = retry.TIMEOUT, self._local(504, "UT")
                     except UpstreamFailure as e:
@@ -708,8 +846,21 @@ class Waypoint:
             if holding_retry:
                 counters.retries -= 1
 
-    async def _try(self, state: ClusterState, host: Host, payload: bytes,
+    async def _try(self, state: ClusterState, host: Host, payload,
                    head_only: bool) -> http1.Response:
+        if state.cluster.h2:
+            for _ in range(2):
+                conn2 = await state.acquire_h2(host)
+                state.in_flight[host.address] = state.in_flight.get(host.address, 0) + 1
+                try:
+                    return await conn2.exchange_h2(payload)
+                except UpstreamFailure as e:
+                    if not e.fresh:
+                        continue  # the shared connection had just closed: make a new one
+                    raise
+                finally:
+                    state.in_flight[host.address] -= 1
+            raise UpstreamFailure(retry.RESET, "HTTP/2 connections kept failing")
         for _ in range(2):
             conn = await state.acquire(host)
             state.in_flight[host.address] = state.in_flight.get(host.address, 0) + 1
@@ -741,7 +892,10 @@ class Waypoint:
         state = self.state_for(cluster)
         host_part, sep, port_part = authority.partition(":")
         shadow = f"{host_part}-shadow{sep}{port_part}"
-        payload = http1.serialize_request(method, uri, shadow, headers, body)
+        if state.cluster.h2:
+            payload = h2_request(method, uri, shadow, headers, body, False)
+        else:
+            payload = http1.serialize_request(method, uri, shadow, headers, body)
 
         async def run() -> None:
             h = state.pick(self.clock(), [])
@@ -773,10 +927,20 @@ class Waypoint:
             dwl = dwns = dprin = dapp = dver = "unknown"
         labels = ("waypoint", src[0], src[1], rq.principal or "unknown", src[2] or "unknown",
                   src[3] or "unknown", dwl, dwns, dprin or "unknown", dapp, dver, dsvc, dname,
-                  dns, rq.protocol, str(out.status), "-", out.flags,
+                  dns, rq.protocol, str(out.status), _grpc_status(out), out.flags,
                   "mutual_tls" if rq.principal else "none")
         self.metrics.observe(labels, (self.clock() - start) * 1000.0, len(rq.body),
                              len(out.body))
+
+
+def _grpc_status(out: Outgoing) -> str:
+    for n, v in (out.trailers or ()):
+        if n == "grpc-status":
+            return v
+    for n, v in out.headers:
+        if n == "grpc-status":
+            return v
+    return "-"
 
 
 # --- downstream -------------------------------------------------------------------------------
@@ -999,7 +1163,7 @@ class Downstream(asyncio.Protocol):
                 "grpc" if ctype.startswith("application/grpc") else "http2", self.target))
             if self.closed or self.h2 is None:
                 return
-            self.h2.respond(ev.stream_id, out.status, out.headers, out.body)
+            self.h2.respond(ev.stream_id, out.status, out.headers, out.body, out.trailers)
             data = self.h2.data_to_send()
             if data:
                 self.transport.write(data)
