@@ -162,6 +162,9 @@ def expected_snapshot(plane: ControlPlane, n: str):
 
 
 def converged(client: XdsClient, plane: ControlPlane) -> bool:
+    """The client answered on every type and holds exactly what the control plane compiled."""
+    if not (plane.catalog.ready and client.synced.is_set()):
+        return False
     want = expected_snapshot(plane, client.node)
     got = client.state.snapshot
     return (dict(got.workloads) == dict(want.workloads) and dict(got.services) == dict(want.services)
