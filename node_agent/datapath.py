@@ -16,7 +16,9 @@ The enrollment driver that follows the control plane's snapshots calls `sync()` 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import os
 import socket
 import subprocess
@@ -183,7 +185,8 @@ class Datapath:
         """Compile, load and pin (the short-lived loader, in a subprocess)."""
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         proc = subprocess.run([self.python, "-m", "node_agent.bpf.load", "--cluster",
-                               self.cluster, "--node", self.node],
+                               self.cluster, "--node", self.node, "--settings",
+                               json.dumps(dataclasses.asdict(self.settings))],
                               capture_output=True, text=True, env=env, timeout=120)
         if proc.returncode != 0:
             raise DatapathError(f"loading the eBPF programs failed: {proc.stderr.strip()}; "

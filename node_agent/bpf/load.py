@@ -61,24 +61,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node", help="node name, e.g. node1")
     ap.add_argument("--netns", help="node network namespace (path or name under /run/netns): "
                     "also install its policy routing")
+    ap.add_argument("--settings", metavar="JSON", default="{}",
+                    help='settings other than the defaults, e.g. \'{"port_outbound": 16001}\' '
+                         "(fields of node_agent.bpf.settings.Settings)")
     ap.add_argument("--print-c", action="store_true", help="print the final C and exit")
     ap.add_argument("--program", choices=[p.name for p in programs.PROGRAMS],
                     help="with --print-c: only this program")
     args = ap.parse_args(argv)
+    try:
+        settings = Settings(**json.loads(args.settings))
+    except (ValueError, TypeError) as e:
+        ap.error(f"--settings: {e}")
     if args.print_c:
         directory = pin_dir(args.cluster, args.node) if args.cluster and args.node else None
         chosen = [programs.by_name(args.program)] if args.program else list(programs.PROGRAMS)
         for prog in chosen:
-            sys.stdout.write(programs.printable(prog, pin_dir=directory) + "\n")
+            sys.stdout.write(programs.printable(prog, settings=settings, pin_dir=directory) + "\n")
         return 0
     if not args.cluster or not args.node:
         ap.error("--cluster and --node are required (or --print-c)")
     try:
-        result = load_and_pin(cluster=args.cluster, node=args.node)
+        result = load_and_pin(cluster=args.cluster, node=args.node, settings=settings)
         if args.netns:
             from node_agent.datapath import Datapath
 
-            with Datapath(args.cluster, args.node, netns=args.netns) as dp:
+            with Datapath(args.cluster, args.node, netns=args.netns, settings=settings) as dp:
                 dp.prepare_node()
             result["netns"] = args.netns
     except Exception as e:  # noqa: BLE001 - one line for the operator, exit 1

@@ -139,3 +139,26 @@ def test_install_names_a_missing_uplink(small):
             dp.install()
     finally:
         dp.uninstall()
+
+
+def test_settings_reach_the_kernel_programs_and_the_routing(small):
+    from node_agent.bpf.settings import Settings
+    from node_agent.datapath import Pod
+
+    a, d = small.nodes[0].pods
+    node_ns = small.nodes[0].name
+    custom = Settings(port_outbound=16001, port_inbound=16006, mark=0x4C58, route_table=0x4C58,
+                      tc_priority=0x4C58)
+    dp = Datapath(small.cluster, "node1", netns=node_ns, settings=custom)
+    relay = None
+    try:
+        dp.install()
+        dp.enroll(Pod(ip=a.ip, veth=a.veth))
+        assert "fwmark 0x4c58 lookup 19544" in sh("ip", "-n", node_ns, "rule", "show")
+        relay = Relay(node_ns, (16001,))
+        ask_who(a.name, d.ip, 8080)
+        assert relay.next()["listener"] == 16001
+    finally:
+        if relay is not None:
+            relay.close()
+        dp.uninstall()

@@ -40,6 +40,10 @@ def test_print_c_shows_each_program_with_its_settings_and_headers_inlined():
 def test_settings_become_defines():
     flags = programs.cflags(settings=Settings(port_outbound=16001, mark=0x99))
     assert "-DLW_PORT_OUTBOUND=16001" in flags and "-DLW_MARK=153" in flags
+    p = loader("--print-c", "--program", "pod_out", "--settings", '{"port_outbound": 16001}')
+    assert "#define LW_PORT_OUTBOUND 16001" in p.stdout
+    bad = loader("--print-c", "--settings", '{"port_outbund": 1}')
+    assert bad.returncode == 2 and "port_outbund" in bad.stderr
 
 
 def test_loader_without_cluster_says_what_it_needs():
