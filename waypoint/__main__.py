@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace-sample", type=float, default=0.01,
                    help="share of new traces sampled (default 0.01, Istio's)")
     args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from waypoint import bootstrap
     from waypoint.proxy import Waypoint, WaypointServer, new_event_loop

@@ -45,5 +45,34 @@ def gateway(namespace: str, name: str = "waypoint", *, traffic: str = "service"
     }
 
 
+INSTANCE_LABEL = "lacewing.dev/waypoint"      # the control plane finds waypoints by it
+DATAPLANE_LABEL = "lacewing.dev/dataplane-mode"
+
+
+def local_pod(namespace: str, name: str, *, node: str, python: str, control_plane: str,
+              credentials: str, ca_dir: str) -> list[dict[str, Any]]:
+    """Local mode: the waypoint as a pod of its namespace (ServiceAccount + Pod).
+
+    The pod carries the instance label the control plane compiles waypoints from, is never
+    captured itself (`dataplane-mode: none`), follows the control plane over xDS with its
+    node's credential, and issues its SVID from the cluster's CA directory."""
+    check_name(namespace, "namespace")
+    check_name(name, "waypoint name")
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": name, "namespace": namespace}},
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": f"{name}-waypoint", "namespace": namespace,
+                      "labels": {INSTANCE_LABEL: name, DATAPLANE_LABEL: "none"}},
+         "spec": {"nodeName": node, "serviceAccountName": name,
+                  "containers": [{"name": "waypoint", "command": [
+                      python, "-m", "waypoint", "--xds", control_plane,
+                      "--credentials", credentials, "--node", node,
+                      "--waypoint", f"{namespace}/{name}", "--ca-dir", ca_dir,
+                      "--listen", f"0.0.0.0:{TUNNEL_PORT}", "--metrics", "0.0.0.0:15020"],
+                      "ports": [{"containerPort": TUNNEL_PORT}, {"containerPort": 15020}]}]}},
+    ]
+
+
 def enroll_label(name: str) -> dict[str, str]:
     return {WAYPOINT_LABEL: name}

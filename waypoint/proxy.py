@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import ssl
 import threading
@@ -625,6 +626,29 @@ class Waypoint:
             if tuple(key[0].split("/", 1)) not in live:
                 del self.buckets[key]
 
+    def describe(self) -> dict:
+        """What this waypoint serves now (the admin view, `/debug/snapshot`)."""
+        snap = self.config.snapshot
+        return {
+            "version": snap.version,
+            "waypoint": {"namespace": snap.waypoint.namespace, "name": snap.waypoint.name,
+                         "identity": snap.waypoint.identity},
+            "services": {uid: {"vip": s.vip, "ports": [p.port for p in s.ports],
+                               "endpoints": [e.workload for e in s.endpoints],
+                               "routes": len(self.config.routes.get(uid, ()))}
+                         for uid, s in sorted(snap.services.items())},
+            "virtualServices": [f"{r.namespace}/{r.name}" for r in snap.virtual_services],
+            "destinationRules": [f"{r.namespace}/{r.name}" for r in snap.destination_rules],
+            "authorizationPolicies": [f"{r.namespace}/{r.name}"
+                                      for r in snap.authorization_policies],
+            "rateLimitPolicies": [f"{r.namespace}/{r.name}" for r in snap.rate_limit_policies],
+            "clusters": {st.cluster.name: {
+                "hosts": [h.address for h in st.cluster.hosts],
+                "ejected": [a for a in st.addresses if st.outlier and st.outlier.ejected(a)],
+                "connections": st.counters.connections, "requests": st.counters.requests,
+                "overflows": dict(st.counters.overflows)} for st in self.clusters.values()},
+        }
+
     def state_for(self, cluster: Cluster) -> ClusterState:
         st = self.clusters.get(cluster.key)
         if st is None:
@@ -1172,7 +1196,7 @@ class Downstream(asyncio.Protocol):
 
 
 class _MetricsProtocol(asyncio.Protocol):
-    """:15020 — `GET /metrics` (Prometheus text) and `GET /healthz/ready`."""
+    """:15020 — `GET /metrics` (Prometheus text), `/healthz/ready`, `/debug/snapshot` (JSON)."""
 
     def __init__(self, server: WaypointServer) -> None:
         self.server = server
@@ -1194,6 +1218,10 @@ class _MetricsProtocol(asyncio.Protocol):
             if path == "/metrics":
                 body = generate_latest(self.server.waypoint.metrics.registry)
                 out = http1.serialize_response(200, [("content-type", CONTENT_TYPE_LATEST)],
+                                               body, keep_alive=req.keep_alive)
+            elif path == "/debug/snapshot":
+                body = json.dumps(self.server.waypoint.describe(), indent=1).encode()
+                out = http1.serialize_response(200, [("content-type", "application/json")],
                                                body, keep_alive=req.keep_alive)
             elif path in ("/healthz/ready", "/healthz"):
                 out = http1.serialize_response(200, [], b"ready\n", keep_alive=req.keep_alive)

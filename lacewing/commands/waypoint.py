@@ -14,6 +14,7 @@ hiding the flaky pod — and prints the observed split.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lacewing.errors import UserError
 
@@ -171,18 +172,38 @@ def _cluster(args):
     return LocalCluster(args.cluster)
 
 
+def _pod_docs(args, cluster) -> list:
+    """Local mode runs the waypoint as a pod of its namespace, on the first node."""
+    import sys
+
+    from lacewing.local.components import CONTROL_PLANE_GRPC_PORT
+    from waypoint.manifest import local_pod
+
+    record = cluster.status()
+    node = record["nodes"][0]["name"]
+    state = cluster.store.root
+    address = ((cluster.store.read_cluster() or {}).get("controlPlane") or {}).get("address", "")
+    docs = local_pod(args.namespace, args.name, node=node, python=sys.executable,
+                     control_plane=f"{address}:{CONTROL_PLANE_GRPC_PORT}",
+                     credentials=str(state / "nodes" / node), ca_dir=str(state / "ca"))
+    return [_document(d) for d in docs]
+
+
 def _apply(args) -> int:
     from control.config.errors import ConfigError
 
     obj = _manifest(args)
     cluster = _cluster(args)
     try:
+        cluster.apply(_pod_docs(args, cluster))
+    except ConfigError as e:
+        raise UserError(f"the local cluster refused the waypoint pod: {e}") from None
+    try:
         cluster.apply([_document(obj)])
     except ConfigError as e:
-        raise UserError(f"the local cluster refused the waypoint's Gateway: {e}; "
-                        "check `lacewing waypoint generate` output with `lacewing validate`"
-                        ) from None
-    print(f"waypoint {args.namespace}/{args.name} applied")
+        print(f"warning: the Gateway was not stored: {e} (the waypoint pod runs without it)",
+              file=sys.stderr)
+    print(f"waypoint {args.namespace}/{args.name} applied (pod {args.name}-waypoint)")
     if args.enroll_namespace:
         from waypoint.manifest import enroll_label
 
@@ -196,7 +217,7 @@ def _delete(args) -> int:
 
     obj = _manifest(args)
     cluster = _cluster(args)
-    cluster.delete([_document(obj)])
+    cluster.delete([_document(obj)] + _pod_docs(args, cluster))
     ns = next((o for o in cluster.store.objects().values()
                if o.get("kind") == "Namespace"
                and o.get("metadata", {}).get("name") == args.namespace), None)
