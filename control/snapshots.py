@@ -15,6 +15,7 @@ RateLimitPolicies of its Services (a policy without targetRef covers its whole n
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -34,16 +35,35 @@ def trust_domain_of(by_type: ByType) -> str:
     return mesh.trust_domain if mesh is not None else "cluster.local"
 
 
+def node_snapshot_with(prev: NodeSnapshot, type_url: str, objs: Mapping[str, Any],
+                       version: str) -> NodeSnapshot:
+    """`prev` with one type's resources replaced by `objs` — O(that type), not O(mesh).
+
+    `objs` must not be changed afterwards (the snapshot keeps a read-only view of it)."""
+    view = objs if isinstance(objs, MappingProxyType) else MappingProxyType(objs)
+    if type_url == r.WORKLOAD:
+        return replace(prev, version=version, workloads=view)
+    if type_url == r.SERVICE:
+        return replace(prev, version=version, services=view)
+    if type_url == r.WAYPOINT:
+        return replace(prev, version=version, waypoints=view)
+    if type_url == r.PEER_AUTHENTICATION:
+        return replace(prev, version=version, peer_authentications=_sorted(objs))
+    if type_url == r.AUTHORIZATION_POLICY:
+        return replace(prev, version=version, authorization_policies=tuple(
+            p for p in _sorted(objs) if not p.spec.targets))
+    if type_url == r.MESH:
+        mesh = objs.get("mesh")
+        return replace(prev, version=version,
+                       trust_domain=mesh.trust_domain if mesh is not None else "cluster.local")
+    return replace(prev, version=version)
+
+
 def node_snapshot(node: str, version: str, by_type: ByType) -> NodeSnapshot:
-    aps = by_type.get(r.AUTHORIZATION_POLICY, {})
-    return NodeSnapshot(
-        version=version, node=node, trust_domain=trust_domain_of(by_type),
-        workloads=MappingProxyType(dict(by_type.get(r.WORKLOAD, {}))),
-        services=MappingProxyType(dict(by_type.get(r.SERVICE, {}))),
-        waypoints=MappingProxyType(dict(by_type.get(r.WAYPOINT, {}))),
-        peer_authentications=_sorted(by_type.get(r.PEER_AUTHENTICATION, {})),
-        authorization_policies=tuple(p for p in _sorted(aps) if not p.spec.targets),
-    )
+    snap = NodeSnapshot(version=version, node=node)
+    for type_url in r.NODE_TYPES:
+        snap = node_snapshot_with(snap, type_url, dict(by_type.get(type_url, {})), version)
+    return snap
 
 
 def _host_names(svc: Service) -> set[str]:

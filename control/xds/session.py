@@ -99,10 +99,12 @@ class DeltaSession:
     def _response(self, catalog: Catalog, type_url: str, names, *, now: float,
                   started_at: float | None, full: bool) -> discovery_pb2.DeltaDiscoveryResponse | None:
         st = self.types[type_url]
-        visible = self._visible(catalog, type_url)
+        entries = catalog.entries.get(type_url, {})
         resources, removed, sent = [], [], {}
         for name in sorted(names):
-            entry = visible.get(name)
+            entry = entries.get(name)
+            if entry is not None and entry.audience not in (ALL, self.audience):
+                entry = None
             if entry is None:
                 if name in st.known:
                     removed.append(name)

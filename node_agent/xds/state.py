@@ -18,23 +18,28 @@ from types import MappingProxyType
 from typing import Any
 
 from control.snapshot import NodeSnapshot, Waypoint, WaypointSnapshot
-from control.snapshots import node_snapshot, waypoint_snapshot
+from control.snapshots import node_snapshot, node_snapshot_with, waypoint_snapshot
 from control.xds import resources as r
 
 log = logging.getLogger("lacewing.xds.state")
 
-Builder = Callable[[str, Mapping[str, Mapping[str, Any]]], Any]
+# build(previous snapshot or None, changed type URL, its objects, version, all objects by type)
+Builder = Callable[[Any, str, Mapping[str, Any], str, Mapping[str, Mapping[str, Any]]], Any]
 Subscriber = Callable[[Any], None]
 
 
 def node_builder(node: str) -> Builder:
-    return lambda version, by_type: node_snapshot(node, version, by_type)
+    def build(prev, type_url, objs, version, by_type):
+        if prev is None:
+            return node_snapshot(node, version, by_type)
+        return node_snapshot_with(prev, type_url, objs, version)  # O(the changed type)
+    return build
 
 
 def waypoint_builder(namespace: str, name: str) -> Builder:
     key = f"{namespace}/{name}"
 
-    def build(version: str, by_type):
+    def build(prev, type_url, objs, version, by_type):
         wp = by_type.get(r.WAYPOINT, {}).get(key) or Waypoint(namespace=namespace, name=name,
                                                             identity="")
         return waypoint_snapshot(wp, version, by_type)
@@ -45,10 +50,10 @@ class XdsState:
     def __init__(self, *, build: Builder, type_urls: tuple[str, ...]) -> None:
         self._build = build
         self.type_urls = type_urls
-        self._resources: dict[str, dict[str, tuple[str, Any]]] = {t: {} for t in type_urls}
+        self._versions: dict[str, dict[str, str]] = {t: {} for t in type_urls}
         self._objects: dict[str, Mapping[str, Any]] = {t: MappingProxyType({}) for t in type_urls}
         self.system_versions: dict[str, str] = {}
-        self.snapshot: NodeSnapshot | WaypointSnapshot = build("", self._objects)
+        self.snapshot: NodeSnapshot | WaypointSnapshot = build(None, "", {}, "", self._objects)
         self.subscribers: list[Subscriber] = []
         self.updates = 0
         self.last_update: float | None = None
@@ -64,20 +69,25 @@ class XdsState:
 
     def versions(self, type_url: str) -> dict[str, str]:
         """What this data plane holds of a type: sent as `initial_resource_versions`."""
-        return {n: v for n, (v, _) in self._resources.get(type_url, {}).items()}
+        return dict(self._versions.get(type_url, {}))
 
     def apply(self, type_url: str, upserts: Mapping[str, tuple[str, Any]],
               removes: list[str] | tuple[str, ...], *, system_version: str) -> Any:
-        current = self._resources.setdefault(type_url, {})
-        new = dict(current)
+        # Copy-on-write: new dicts for the changed type (C-level copies), never mutated later.
+        versions = dict(self._versions.get(type_url, {}))
+        objs = dict(self._objects.get(type_url, {}))
         for name in removes:
-            new.pop(name, None)
-        new.update(upserts)
-        objects = dict(self._objects)
-        objects[type_url] = MappingProxyType({n: o for n, (_, o) in new.items()})
-        snapshot = self._build(system_version, objects)
+            versions.pop(name, None)
+            objs.pop(name, None)
+        for name, (version, obj) in upserts.items():
+            versions[name] = version
+            objs[name] = obj
+        view = MappingProxyType(objs)
+        objects = {**self._objects, type_url: view}
+        snapshot = self._build(self.snapshot if self.received_any else None, type_url, view,
+                               system_version, objects)
         # The swap: everything above is new; these assignments publish it.
-        self._resources[type_url] = new
+        self._versions[type_url] = versions
         self._objects = objects
         self.system_versions[type_url] = system_version
         self.snapshot = snapshot
@@ -97,8 +107,8 @@ class XdsState:
         out: dict[str, Any] = {
             "version": snap.version, "updates": self.updates, "lastUpdate": self.last_update,
             "systemVersions": {r.SHORT_NAMES.get(t, t): v for t, v in self.system_versions.items()},
-            "resources": {r.SHORT_NAMES.get(t, t): {n: v for n, (v, _) in sorted(res.items())}
-                          for t, res in self._resources.items()},
+            "resources": {r.SHORT_NAMES.get(t, t): dict(sorted(res.items()))
+                          for t, res in self._versions.items()},
         }
         if isinstance(snap, NodeSnapshot):
             out["node"] = snap.node
