@@ -170,7 +170,7 @@ async def _serve(directory: Path, args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ child 2: the nodes
 async def _nodes(directory: Path, args: argparse.Namespace) -> None:
-    from node_agent.certs.schedule import Backoff
+    from control.backoff import Backoff
     from node_agent.xds.client import XdsClient
     from node_agent.xds.state import XdsState
 

@@ -38,12 +38,13 @@ from kubernetes.client.rest import ApiException
 
 from control.objects import Delete, Key, Replace, Upsert, key_of
 from control.writer import Synced
-from node_agent.certs.schedule import Backoff
+from control.backoff import Backoff
 
 log = logging.getLogger("lacewing.control.kubernetes")
 
 WATCH_TIMEOUT = 300  # seconds the API server keeps one watch open (it closes it, we reopen)
 CRD_RETRY = 30.0     # seconds between lists of a mesh kind whose CRD is not installed
+DEFAULT_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class _Gone(Exception):
 
 class KubernetesSource:
     def __init__(self, api: k8s.ApiClient, *, followed: tuple[Followed, ...] = FOLLOWED,
-                 backoff: Backoff = Backoff(initial=0.5, maximum=30.0),
+                 backoff: Backoff = DEFAULT_BACKOFF,
                  watch_timeout: int = WATCH_TIMEOUT, name: str = "kubernetes") -> None:
         self.api = api
         self.followed = followed

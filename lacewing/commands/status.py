@@ -121,7 +121,7 @@ def format_table(status: dict, *, now: float) -> str:
              f"{len(status.get('clients', []))} client(s)"]
     if status.get("refused"):
         lines.append(f"refused mesh resources: {len(status['refused'])}")
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
     for c in status.get("clients", []):
         for rej in c.get("rejects") or ():
             lines.append(f"  {c['node']}: rejected {rej['type']} {rej['name']} "

@@ -33,7 +33,7 @@ from control.api import mesh_pb2
 from control.ca.node_credentials import NODE_BUNDLE, NODE_CERT, NODE_KEY
 from control.ca.spiffe_id import CONTROL_DNS_NAMES
 from control.xds.resources import SHORT_NAMES, ResourceError, decode
-from node_agent.certs.schedule import Backoff
+from control.backoff import Backoff
 from node_agent.xds.state import XdsState
 
 log = logging.getLogger("lacewing.xds.client")

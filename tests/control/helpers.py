@@ -23,7 +23,7 @@ from control.ca.node_credentials import issue_node_credential
 from control.plane import ControlPlane
 from control.snapshots import node_snapshot
 from control.sources.directory import DirectorySource
-from node_agent.certs.schedule import Backoff
+from control.backoff import Backoff
 from node_agent.xds.client import XdsClient
 from node_agent.xds.state import XdsState
 

@@ -18,7 +18,7 @@ from control.objects import Key
 from control.sources.kubernetes import FOLLOWED, KubernetesSource
 from control.state import ClusterState
 from control.writer import Writer
-from node_agent.certs.schedule import Backoff
+from control.backoff import Backoff
 from tests.control.helpers import eventually
 
 PODS = kmock.resource("v1/pods")

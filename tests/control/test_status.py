@@ -12,7 +12,16 @@ import pytest
 
 from lacewing.commands import status as status_cmd
 from lacewing.errors import UserError
-from tests.control.helpers import converged, eventually, free_port, mesh, namespace, pod, run, write_yaml
+from tests.control.helpers import (
+    converged,
+    eventually,
+    free_port,
+    mesh,
+    namespace,
+    pod,
+    run,
+    write_yaml,
+)
 
 
 def lacewing(*args: str) -> subprocess.CompletedProcess:
