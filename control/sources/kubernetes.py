@@ -36,9 +36,9 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.rest import ApiException
 
+from control.backoff import Backoff
 from control.objects import Delete, Key, Replace, Upsert, key_of
 from control.writer import Synced
-from control.backoff import Backoff
 
 log = logging.getLogger("lacewing.control.kubernetes")
 

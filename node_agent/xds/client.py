@@ -30,10 +30,10 @@ from google.protobuf import any_pb2, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from control.api import mesh_pb2
+from control.backoff import Backoff
 from control.ca.node_credentials import NODE_BUNDLE, NODE_CERT, NODE_KEY
 from control.ca.spiffe_id import CONTROL_DNS_NAMES
 from control.xds.resources import SHORT_NAMES, ResourceError, decode
-from control.backoff import Backoff
 from node_agent.xds.state import XdsState
 
 log = logging.getLogger("lacewing.xds.client")

@@ -18,12 +18,12 @@ from typing import Any
 
 import yaml
 
+from control.backoff import Backoff
 from control.ca.authority import CertificateAuthority
 from control.ca.node_credentials import issue_node_credential
 from control.plane import ControlPlane
 from control.snapshots import node_snapshot
 from control.sources.directory import DirectorySource
-from control.backoff import Backoff
 from node_agent.xds.client import XdsClient
 from node_agent.xds.state import XdsState
 

@@ -12,13 +12,13 @@ import kmock
 import pytest
 from kubernetes import client as k8s
 
+from control.backoff import Backoff
 from control.catalog import Catalog
 from control.compiler import Compiler
 from control.objects import Key
 from control.sources.kubernetes import FOLLOWED, KubernetesSource
 from control.state import ClusterState
 from control.writer import Writer
-from control.backoff import Backoff
 from tests.control.helpers import eventually
 
 PODS = kmock.resource("v1/pods")
