@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-transparent", action="store_true")
     ap.add_argument("--no-resumption", action="store_true")
     ap.add_argument("--no-uvloop", action="store_true")
+    ap.add_argument("--splice", action="store_true",
+                    help="same-node connections forwarded in the kernel (sockhash + sk_skb)")
     ap.add_argument("--drain-seconds", type=float, default=10.0)
     ap.add_argument("--idle-timeout", type=float, default=3600.0)
     ap.add_argument("--handshake-timeout", type=float, default=10.0)
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TunnelConfig(inbound_addr=(args.inbound_address, 15008),
                           transparent=not args.no_transparent,
                           resumption=not args.no_resumption, idle_timeout=args.idle_timeout,
+                          splice=args.splice,
                           handshake_timeout=args.handshake_timeout)
     tunnel = Tunnel(CaCertificates(ca), config=config,
                     telemetry=Telemetry(registry=registry, access_log=log_stream))

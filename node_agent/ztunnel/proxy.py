@@ -62,6 +62,9 @@ class TunnelConfig:
     max_pending: int = 1024
     backlog: int = 4096
     resumption: bool = True
+    # Same-node connections: let the kernel forward the bytes (node_agent/ztunnel/splice.py)
+    # instead of copying them through this process. Needs BCC for a short-lived loader.
+    splice: bool = False
     # How the original destination of a captured connection is recovered, from (local address,
     # peer address). None: the local address (eBPF sk_assign / TPROXY keep it there).
     original_destination: Callable[[tuple, tuple], tuple] | None = None
@@ -122,6 +125,10 @@ class Tunnel:
             self._servers["readiness"] = server
             self.addresses["readiness"] = _sockname(server.sockets[0].getsockname())
         self._sweeper = loop.create_task(self._sweep())
+        if c.splice:
+            self.splicer = await loop.run_in_executor(None, _load_splicer)
+
+    splicer = None
 
     def _listen_socket(self, addr, *, transparent: bool) -> socket.socket:
         fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
@@ -153,6 +160,9 @@ class Tunnel:
 
     async def close(self) -> None:
         self._draining = True
+        if self.splicer is not None:
+            self.splicer.close()
+            self.splicer = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -245,7 +255,7 @@ class Tunnel:
             side.close()
         self.telemetry.closed(rec)
 
-    def _relay(self, rec: ConnRecord, down: Side, up: Side) -> None:
+    def _relay(self, rec: ConnRecord, down: Side, up: Side, *, splice: bool = False) -> None:
         self.telemetry.opened(rec)
         entry = (rec, down, up)
         self._open.add(entry)
@@ -253,9 +263,14 @@ class Tunnel:
         def closed() -> None:
             self._open.discard(entry)
             rec.sent, rec.received = down.received, up.received
+            if down.splice is not None:
+                rec.sent = down.splice.kernel_bytes.get(down, rec.sent)
+                rec.received = down.splice.kernel_bytes.get(up, rec.received)
             self.telemetry.closed(rec)
 
-        join(down, up, on_close=closed)
+        join(down, up, on_close=closed, splicer=self.splicer if splice else None)
+        if down.splice is not None:
+            rec.kind = "same_node_spliced"
 
     def _orig_dst(self, side: Side, peer) -> tuple[str, int]:
         local = side.transport.get_extra_info("sockname")
@@ -320,6 +335,9 @@ class Tunnel:
         state = self.state
         req = outbound.decide(state, src[0], wire.Address(dst[0], dst[1]),
                               balancer=self.balancer)
+        spliced = self.splicer is not None and req.same_node and req.kind == outbound.TUNNEL
+        if not spliced and not down.lost:
+            down.transport.resume_reading()
         rec.kind = req.kind
         rec.reason = req.reason
         rec.src_identity = req.source_identity
@@ -348,7 +366,9 @@ class Tunnel:
                 self._refuse("outbound", rec, down, "policy", v.reason)
                 return
             upside = await self._connect_plain(req.target, source_ip=src[0], up=up)
-            self._relay(rec, down, upside)
+            self._relay(rec, down, upside, splice=spliced)
+            if down.splice is None and not down.lost:
+                down.transport.resume_reading()
             return
         upside = await self._connect_tunnel(req, rec, up)
         upside.send(wire.encode_header(wire.TunnelHeader(req.target,
@@ -498,6 +518,8 @@ class Tunnel:
             for entry in list(self._open):
                 rec, a, b = entry
                 activity = a.activity + b.activity
+                if a.splice is not None:
+                    activity += a.splice.received(a) + a.splice.received(b)
                 key = id(entry)
                 last = seen.get(key)
                 since = now if last is None or last[0] != activity else last[1]
@@ -536,6 +558,31 @@ class Tunnel:
             writer.close()
 
 
+def _load_splicer():
+    """Run the short-lived loader (BCC stays out of this process), open what it pinned, unpin."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from node_agent.bpf.pins import ensure_bpffs
+    from node_agent.ztunnel import splice
+    pin_dir = None
+    try:
+        ensure_bpffs()
+        pin_dir = tempfile.mkdtemp(prefix="lw-splice-", dir="/sys/fs/bpf")
+        proc = subprocess.run([sys.executable, "-m", "node_agent.ztunnel.splice", "load",
+                               "--pin-dir", pin_dir], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip()[-500:])
+        return splice.Splicer.open(pin_dir)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("same-node splice unavailable, copying instead: %s", exc)
+        return None
+    finally:
+        if pin_dir is not None:
+            splice.unload(pin_dir)
+
+
 class PeerIdentityError(ConnectionError):
     """The destination tunnel presented another identity than the one expected."""
 
@@ -552,6 +599,10 @@ class _Accepted(Side):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        if self._tunnel.splicer is not None and self._handler == self._tunnel._accept_outbound:
+            # read nothing before the decision: a same-node connection may be spliced, and the
+            # kernel must then see every byte (relay._SpliceState)
+            transport.pause_reading()
         self._handler(self)
 
 

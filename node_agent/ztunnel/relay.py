@@ -26,7 +26,7 @@ BUFFER_LIMIT = 1 << 20        # bytes a side buffers during setup before it stop
 class Side(asyncio.Protocol):
     __slots__ = ("transport", "tls", "peer", "relaying", "buffer", "buffered", "eof", "lost",
                  "received", "activity", "waiter", "handshake", "_on_lost", "error",
-                 "session_key")
+                 "session_key", "splice")
 
     def __init__(self, *, tls: TlsConnection | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -44,6 +44,7 @@ class Side(asyncio.Protocol):
         self.handshake: asyncio.Future | None = None
         self._on_lost: Callable[[Side], None] | None = None
         self.session_key: tuple | None = None
+        self.splice: _SpliceState | None = None   # set on both sides of a spliced pair
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport) -> None:
@@ -138,6 +139,8 @@ class Side(asyncio.Protocol):
             self.peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.splice is not None:
+            return      # spliced sockets are never read by user space again
         if self.peer is not None and self.peer.transport is not None and not self.peer.lost:
             self.peer.transport.resume_reading()
 
@@ -162,13 +165,21 @@ class Side(asyncio.Protocol):
         if self.handshake is not None and not self.handshake.done():
             self.handshake.set_exception(ConnectionResetError("closed during the TLS handshake"))
         if self.relaying:
-            peer = self.peer
-            peer.send_eof()
-            if peer.eof:
-                self.close()
-                peer.close()
+            if self.splice is not None:
+                self.splice.eof_when_flushed(self)
+                return
+            self._pass_eof()
         else:
             self._wake()
+
+    def _pass_eof(self) -> None:
+        peer = self.peer
+        peer.send_eof()
+        if peer.eof and not peer.lost:
+            self.close()
+            peer.close()
+        elif peer.eof:
+            self.close()
 
     async def wait_data(self) -> None:
         """Until something new is buffered, the peer ended, or the socket failed."""
@@ -226,13 +237,102 @@ class Side(asyncio.Protocol):
         self.transport.abort()
 
 
-def join(a: Side, b: Side, *, on_close: Callable[[], None]) -> None:
-    """Start relaying between two set-up sides; buffered bytes and EOFs are passed on first."""
+class _SpliceState:
+    """The kernel forwards the bytes of a spliced pair. User space never reads either socket
+    (a pair is only made when it has read nothing: the kernel re-delivers bytes user space read
+    before the pair was made, measured), kicks the verdict for bytes already queued, and learns
+    about each FIN from an epoll watching only EPOLLRDHUP; it passes the FIN on once the kernel
+    has sent everything it redirected before it (splice.py)."""
+
+    def __init__(self, splicer, a: Side, b: Side) -> None:
+        import select
+
+        from node_agent.ztunnel import splice
+        self._splice = splice
+        self.splicer = splicer
+        self.sides = (a, b)
+        self.sock = {a: a.transport.get_extra_info("socket"),
+                     b: b.transport.get_extra_info("socket")}
+        # what the kernel had taken from writers of each side before the splice, beyond the
+        # bytes user space wrote to it (a SYN counts on an active opener)
+        self.adjust = {b: splice.tcp_written(self.sock[b]) - a.received,
+                       a: splice.tcp_written(self.sock[a]) - b.received}
+        self.cookies = splicer.pair(self.sock[a], self.sock[b])
+        self.kernel_bytes: dict[Side, int] = {}
+        self.ep = select.epoll()
+        self.fd_side = {}
+        for side in (a, b):
+            side.transport.pause_reading()
+            fd = self.sock[side].fileno()
+            self.fd_side[fd] = side
+            self.ep.register(fd, select.EPOLLRDHUP | select.EPOLLET)
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.ep.fileno(), self._events)
+        self.closed = False
+        for side in (a, b):     # bytes that arrived before the pair was made
+            self._kick(side)
+
+    def _kick(self, side: Side) -> None:
+        """Have the verdict take bytes queued before the pair was made: setting SO_RCVLOWAT
+        makes TCP signal data-ready (tcp_set_rcvlowat), with no user-space read at all."""
+        import socket as _s
+        try:
+            self.sock[side].setsockopt(_s.SOL_SOCKET, _s.SO_RCVLOWAT, 1)
+        except OSError:
+            pass
+
+    def _events(self) -> None:
+        try:
+            events = self.ep.poll(0)
+        except (OSError, ValueError):
+            return
+        for fd, _ev in events:
+            side = self.fd_side.get(fd)
+            if side is not None and not side.eof:
+                side.eof = True
+                self.eof_when_flushed(side)
+
+    def received(self, side: Side) -> int:
+        try:
+            return self._splice.tcp_received(self.sock[side])
+        except OSError:
+            return 0
+
+    def eof_when_flushed(self, side: Side, tries: int = 2000) -> None:
+        peer = side.peer
+        try:
+            want = self._splice.tcp_received(self.sock[side]) - 1          # the FIN counts 1
+            have = self._splice.tcp_written(self.sock[peer]) - self.adjust[peer]
+        except OSError:
+            want = have = 0
+        if have < want and tries > 0 and not peer.lost:
+            self.loop.call_later(0.0005, self.eof_when_flushed, side, tries - 1)
+            return
+        self.kernel_bytes[side] = max(want, side.received)
+        side._pass_eof()
+
+    def release(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.ep.fileno())
+        self.ep.close()
+        try:
+            self.splicer.forget(*self.cookies)
+        except OSError:
+            pass
+
+
+def join(a: Side, b: Side, *, on_close: Callable[[], None], splicer=None) -> None:
+    """Start relaying between two set-up sides; buffered bytes and EOFs are passed on first.
+    With a `splicer` (two plain sides), the kernel forwards the bytes from then on."""
     done = [False]
 
     def lost(_side: Side) -> None:
         if a.lost and b.lost and not done[0]:
             done[0] = True
+            if a.splice is not None:
+                a.splice.release()
             on_close()
 
     a.peer, b.peer = b, a
@@ -241,7 +341,16 @@ def join(a: Side, b: Side, *, on_close: Callable[[], None]) -> None:
         if src.buffer:
             dst.send(src.take())
         src.relaying = True
-        if src.transport is not None and not src.lost:
+    if (splicer is not None and a.tls is None and b.tls is None and not (a.lost or b.lost)
+            and not (a.eof or b.eof) and a.received == 0 and b.received == 0
+            and a.transport.get_write_buffer_size() == 0
+            and b.transport.get_write_buffer_size() == 0):
+        try:
+            a.splice = b.splice = _SpliceState(splicer, a, b)
+        except OSError:
+            a.splice = b.splice = None      # e.g. the map is full: copy instead
+    for src in (a, b):
+        if src.transport is not None and not src.lost and src.splice is None:
             src.transport.resume_reading()
     for src, dst in ((a, b), (b, a)):
         if src.lost and not dst.lost:

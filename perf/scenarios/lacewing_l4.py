@@ -48,6 +48,7 @@ class LacewingL4(Scenario):
     name = "lacewing-l4"
     description = "Lacewing node tunnels, eBPF capture, mTLS between nodes, STRICT"
     measured_rss: dict[str, tuple[float, float]] = {}
+    tunnel_args: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.mesh: LocalMesh | None = None
@@ -57,7 +58,8 @@ class LacewingL4(Scenario):
 
     def start(self, topo: PerfTopology) -> Target:
         self.mesh = LocalMesh(topo.cluster, topo.workdir / self.name, enrolled={"perf"},
-                              resources=[STRICT], extra_args=["--access-log", "off"])
+                              resources=[STRICT],
+                              extra_args=["--access-log", "off", *self.tunnel_args])
         self.mesh.start()
         _, ip = self._server(topo)
         if self.name not in self.measured_rss:

@@ -7,6 +7,8 @@ the first start; the harness's `direct` baseline stays the cross-node pair.
 
 from __future__ import annotations
 
+import os
+
 from lacewing.local import netns
 from perf.scenarios.lacewing_l4 import LacewingL4
 from perf.topology import NGINX_CONF, TCP_SYSCTLS, PerfTopology
@@ -28,6 +30,8 @@ class LacewingSameNode(LacewingL4):
     name = "lacewing-same-node"
     description = "Lacewing, client and server on one node: policy in-process, plain relay"
     pod = "perf/server-near"
+    # LACEWING_SPLICE=1: the kernel splice (experimental, see docs/tunnel.md) instead of the copy
+    tunnel_args = ("--splice",) if os.environ.get("LACEWING_SPLICE") == "1" else ()
 
     def _server(self, topo: PerfTopology) -> tuple[str, str]:
         names = {f"{p['namespace']}/{p['name']}" for p in topo.cluster.status()["pods"]}

@@ -152,3 +152,21 @@ def test_plaintext_inbound_permissive_passes_strict_refuses(tmp_path):
                 await exchange(r, w)
             assert "STRICT" in mesh.access("node1")[-1]["reason"]
     run(go())
+
+
+def test_same_node_splice_forwards_in_the_kernel_without_losing_the_tail(tmp_path):
+    async def go():
+        async with running_mesh(tmp_path, placements=PLACEMENTS, splice=True) as mesh:
+            assert mesh.tunnels["node0"].splicer is not None, "the splice loader failed"
+            await mesh.pod(LOCAL_SRV.ip, greet=False)
+            await mesh.apply(snap(services=(LOCAL_SVC,)))
+            payload = bytes(range(256)) * 8192           # 2 MiB each way, then half-close
+            for _ in range(3):
+                r, w = await mesh.connect(CLIENT.ip, (LOCAL_SVC.vip, 80))
+                got = await exchange(r, w, payload)
+                assert got == payload + b"<eof>"
+            logs = mesh.access("node0")
+            assert [e["kind"] for e in logs] == ["same_node_spliced"] * 3
+            assert logs[0]["bytes_sent"] == len(payload)
+            assert logs[0]["bytes_received"] == len(payload) + 5
+    run(go())

@@ -1,0 +1,143 @@
+"""Same-node splice: after the tunnel allowed a same-node connection, the bytes between its two
+plain sockets can be forwarded by the kernel (a sockhash with an `sk_skb` stream verdict that
+redirects each socket's bytes to its peer's send side) so that user space copies nothing.
+
+Before: `python -m node_agent.ztunnel.splice load --pin-dir D` (short-lived: it is the only
+step that runs BCC/LLVM) created the maps, compiled and loaded the verdict program, attached it
+to the sockhash and pinned all three under D. After: the tunnel's `Splicer.open(D)` works on the
+pinned maps with raw bpf(2) calls: `pair(a, b)` puts both sockets in the sockhash (keyed by
+socket cookie) and each one's cookie as the other's peer; `forget(a, b)` removes the peers.
+The kernel drops a socket from the sockhash when it closes.
+
+Bytes read by user space before the pair was made are forwarded by the relay itself; bytes
+queued in the socket are consumed by the verdict at the next arrival, in order. EOF still
+reaches user space, which shuts the peer down — but only after the kernel has sent everything it
+redirected (`pending` compares the source's TCP byte count with what reached the peer), since
+the redirect is asynchronous (a work item) and a shutdown before it would cut the tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import socket
+import struct
+import sys
+import termios
+
+from node_agent.bpf.syscall import Map, map_create, obj_get, obj_pin, prog_attach
+
+SO_COOKIE = 57
+BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_SOCKHASH = 1, 18
+BPF_SK_SKB_STREAM_VERDICT = 5
+MAX = 65536
+
+VERDICT_C = r"""
+#include <uapi/linux/bpf.h>
+int lw_splice(struct __sk_buff *skb)
+{
+    __u64 cookie = bpf_get_socket_cookie(skb);
+    __u64 *peer = bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, PEERS_FD), &cookie);
+    if (!peer)
+        return SK_PASS;
+    __u64 key = *peer;
+    return bpf_sk_redirect_hash(skb, (void *)bpf_pseudo_fd(1, SOCKS_FD), &key, 0);
+}
+"""
+
+
+def cookie(sock) -> int:
+    return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+
+
+def tcp_written(sock) -> int:
+    """Bytes the kernel took from writers of this socket: acked + still queued (+1 for a SYN
+    on an active opener; callers compare differences only)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+    acked = struct.unpack_from("Q", info, 120)[0]
+    outq = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    return acked + outq
+
+
+def tcp_received(sock) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+    return struct.unpack_from("Q", info, 128)[0]
+
+
+def load(pin_dir: str) -> dict:
+    from bcc import BPF  # only here: the short-lived loader
+
+    from node_agent.bpf.pins import ensure_bpffs
+    ensure_bpffs()
+    os.makedirs(pin_dir, exist_ok=True)
+    socks = map_create(map_type=BPF_MAP_TYPE_SOCKHASH, key_size=8, value_size=4,
+                       max_entries=MAX, name="lw_splice_sk")
+    peers = map_create(map_type=BPF_MAP_TYPE_HASH, key_size=8, value_size=8, max_entries=MAX,
+                       name="lw_splice_peer")
+    b = BPF(text=VERDICT_C.encode(), cflags=[f"-DPEERS_FD={peers}", f"-DSOCKS_FD={socks}"])
+    fn = b.load_func(b"lw_splice", BPF.SK_SKB)
+    prog_attach(target_fd=socks, prog_fd=fn.fd, attach_type=BPF_SK_SKB_STREAM_VERDICT)
+    for name, fd in (("socks", socks), ("peers", peers), ("prog", fn.fd)):
+        path = os.path.join(pin_dir, name)
+        if os.path.exists(path):
+            os.unlink(path)
+        obj_pin(fd, path)
+    return {"pin_dir": pin_dir}
+
+
+def unload(pin_dir: str) -> None:
+    for name in ("socks", "peers", "prog"):
+        try:
+            os.unlink(os.path.join(pin_dir, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(pin_dir)
+    except OSError:
+        pass
+
+
+class Splicer:
+    def __init__(self, socks: Map, peers: Map) -> None:
+        self.socks = socks
+        self.peers = peers
+
+    @classmethod
+    def open(cls, pin_dir: str) -> Splicer:
+        return cls(Map(obj_get(os.path.join(pin_dir, "socks"))),
+                   Map(obj_get(os.path.join(pin_dir, "peers"))))
+
+    def pair(self, a, b) -> tuple[int, int]:
+        ca, cb = cookie(a), cookie(b)
+        self.peers.update(struct.pack("Q", ca), struct.pack("Q", cb))
+        self.peers.update(struct.pack("Q", cb), struct.pack("Q", ca))
+        self.socks.update(struct.pack("Q", ca), struct.pack("I", a.fileno()))
+        self.socks.update(struct.pack("Q", cb), struct.pack("I", b.fileno()))
+        return ca, cb
+
+    def forget(self, ca: int, cb: int) -> None:
+        for c in (ca, cb):
+            self.peers.delete(struct.pack("Q", c))
+            self.socks.delete(struct.pack("Q", c))
+
+    def close(self) -> None:
+        self.socks.close()
+        self.peers.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m node_agent.ztunnel.splice")
+    ap.add_argument("action", choices=["load", "unload"])
+    ap.add_argument("--pin-dir", required=True)
+    args = ap.parse_args(argv)
+    if args.action == "load":
+        print(json.dumps(load(args.pin_dir)))
+    else:
+        unload(args.pin_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
