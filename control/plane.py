@@ -38,6 +38,17 @@ log = logging.getLogger("lacewing.control")
 
 STATUS_API_VERSION = "lacewing.dev/v1alpha1"
 
+# Streams live for days: ping idle peers so that a node that vanished (or a network partition)
+# is noticed in seconds, and let node agents ping us as often as every 5 s.
+SERVER_OPTIONS = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+)
+
 
 class ControlPlane:
     def __init__(self, *, ca: CertificateAuthority, sources: list[Source],
@@ -55,7 +66,7 @@ class ControlPlane:
                              metrics=self.metrics, sources={s.name for s in sources})
         self.metrics.watch_catalog(self.catalog.counts, lambda: self.catalog.version)
         self.ca_server = CaServer(ca=ca, workloads=self.compiler, registry=self.registry,
-                                  address=grpc_address)
+                                  address=grpc_address, options=SERVER_OPTIONS)
         self.xds = XdsServer(catalog=self.catalog, metrics=self.metrics,
                              trust_domain=ca.trust_domain)
         self.xds.register(self.ca_server.server)

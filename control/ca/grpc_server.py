@@ -88,14 +88,16 @@ class CaServer:
 
     def __init__(self, *, ca: CertificateAuthority, workloads: NodeWorkloads,
                  registry: CollectorRegistry | None = None, metrics: CaMetrics | None = None,
-                 address: str = f"[::]:{DEFAULT_PORT}") -> None:
-        """Pass `registry` (metrics are made in it) or `metrics` (kept across restarts)."""
+                 address: str = f"[::]:{DEFAULT_PORT}",
+                 options: tuple[tuple[str, int | str], ...] = ()) -> None:
+        """Pass `registry` (metrics are made in it) or `metrics` (kept across restarts);
+        `options` are gRPC server options (the config push sets keepalive ones)."""
         if metrics is None:
             metrics = CaMetrics(registry if registry is not None else CollectorRegistry())
         self.metrics = metrics
         self.service = CertificateService(ca=ca, workloads=workloads, metrics=self.metrics)
         self.identity = ServingIdentity(ca)
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=list(options))
         ca_pb2_grpc.add_CertificateServiceServicer_to_server(self.service, self.server)
         creds = grpc.dynamic_ssl_server_credentials(
             self.identity.configuration(only_if_changed=False),

@@ -287,3 +287,38 @@ def test_the_ca_signs_only_identities_of_pods_on_the_asking_node(tmp_path):
             finally:
                 await ca.close()
     run(go())
+
+
+def test_a_waypoint_gets_its_l7_snapshot_and_nodes_do_not(tmp_path):
+    async def go():
+        async with mesh(tmp_path, ["n1"]) as m:
+            seed(m)
+            write_yaml(m.runtime / "Pod_shop_wp-1.yaml",
+                       pod("shop", "wp-1", node_name="n1", ip="10.244.0.40", sa="wp",
+                           labels={"lacewing.dev/waypoint": "wp"}))
+            write_yaml(m.config / "Service_shop_web.yaml",
+                       service("shop", "web", ip="10.96.0.10", selector={"app": "web"},
+                               labels={"lacewing.dev/use-waypoint": "wp"}))
+            write_yaml(m.config / "VirtualService_shop_web.yaml", {
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"hosts": ["web"], "http": [{"timeout": "2s", "route": [
+                    {"destination": {"host": "web"}}]}]}})
+            plane = await m.start_plane()
+            wp = m.client("n1", [plane.port], state=XdsState.for_waypoint("shop", "wp"),
+                          role="waypoint", waypoint="shop/wp")
+            node = m.client("n1", [plane.port])
+            m.start_client(wp)
+            m.start_client(node)
+            await eventually(lambda: wp.synced.is_set() and wp.state.snapshot.virtual_services
+                             and node.synced.is_set(), what="both synced")
+            snap = wp.state.snapshot
+            assert snap.waypoint.identity == "spiffe://cluster.local/ns/shop/sa/wp"
+            assert snap.waypoint.addresses == ("10.244.0.40",)
+            assert set(snap.services) == {"shop/web"}
+            assert str(snap.virtual_services[0].spec.http[0].timeout) == "0:00:02"
+            assert r.VIRTUAL_SERVICE not in node.state.system_versions
+            assert node.state.snapshot.services["shop/web"].waypoint == "shop/wp"
+            roles = {c["role"]: c["waypoint"] for c in plane.status()["clients"]}
+            assert roles == {"node": "", "waypoint": "shop/wp"}
+    run(go())
