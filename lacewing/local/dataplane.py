@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node_agent.bpf.settings import Settings
+
 TABLE = "lacewing_svc"
+# Packets the capture programs assigned to a tunnel socket carry this mark: the tunnel balances
+# Services itself, and a DNAT after bpf_sk_assign would break the flow (docs/datapath.md).
+CAPTURE_MARK = Settings().mark
 DOMAIN = "cluster.local"
 
 
@@ -37,7 +42,11 @@ def node_ruleset(rules: list[ServiceRule], local_pod_ips: list[str], gateway_ip:
     """The whole `lacewing_svc` table for one node, replacing any previous one atomically."""
     lines = [f"table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{"]
     lines += [
-        "  chain prerouting { type nat hook prerouting priority -100; policy accept; jump services; }",
+        "  chain prerouting {",
+        "    type nat hook prerouting priority -100; policy accept;",
+        f"    meta mark {CAPTURE_MARK:#x} accept",
+        "    jump services",
+        "  }",
         "  chain output { type nat hook output priority -100; policy accept; jump services; }",
         "  chain postrouting {",
         "    type nat hook postrouting priority 100; policy accept;",

@@ -132,6 +132,9 @@ def test_ruleset_balances_over_endpoints_and_skips_empty_services():
     assert "dnat ip to 10.244.1.2:8080" in text
     assert "10.96.0.11" not in text
     assert "ip saddr 10.244.0.2 ip daddr 10.244.0.2 snat to 10.244.0.1" in text
+    # Captured packets (marked by the eBPF programs) are never DNATed.
+    pre = text[text.index("chain prerouting"):text.index("jump services")]
+    assert f"meta mark {dataplane.CAPTURE_MARK:#x} accept" in pre
 
 
 def test_hosts_file_short_names_only_in_own_namespace():
