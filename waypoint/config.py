@@ -114,6 +114,15 @@ class WaypointConfig:
     _authz_service: dict[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=dict)
     _authz_workload: dict[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=dict)
     _ratelimits: dict[str, tuple[RateLimitPolicy, ...]] = field(default_factory=dict)
+    _by_authority: dict[str, Service] = field(default_factory=dict)
+    _uids: dict[int, str] = field(default_factory=dict)
+
+    def uid_of(self, service: Service) -> str:
+        """`service.uid` without formatting it on every request (the snapshot keeps it alive)."""
+        uid = self._uids.get(id(service))
+        if uid is None:
+            uid = self._uids[id(service)] = service.uid
+        return uid
 
     @classmethod
     def compile(cls, snap: WaypointSnapshot, *, default_service: str | None = None
@@ -150,6 +159,15 @@ class WaypointConfig:
     # --- lookups ----------------------------------------------------------------------------
 
     def service_for(self, authority: str) -> Service | None:
+        hit = self._by_authority.get(authority)
+        if hit is not None:
+            return hit
+        svc = self._service_for(authority)
+        if svc is not None and len(self._by_authority) < 10000:
+            self._by_authority[authority] = svc
+        return svc
+
+    def _service_for(self, authority: str) -> Service | None:
         host = authority.lower()
         if host.startswith("["):
             host = host[1:host.find("]")] if "]" in host else host
@@ -164,7 +182,7 @@ class WaypointConfig:
         return self.by_host.get(fqdn(host, namespace))
 
     def cluster(self, service: Service, port: int, subset: str = "") -> Cluster | None:
-        key = (service.uid, port, subset)
+        key = (self.uid_of(service), port, subset)
         if key in self._clusters:
             return self._clusters[key]
         self._clusters[key] = cluster = self._build_cluster(service, port, subset)
@@ -204,7 +222,7 @@ class WaypointConfig:
     # --- policies ---------------------------------------------------------------------------
 
     def authz_for_service(self, service: Service) -> tuple[AuthorizationPolicy, ...]:
-        cached = self._authz_service.get(service.uid)
+        cached = self._authz_service.get(self.uid_of(service))
         if cached is not None:
             return cached
         wp = self.snapshot.waypoint
@@ -242,7 +260,7 @@ class WaypointConfig:
         return result
 
     def ratelimits_for(self, service: Service) -> tuple[RateLimitPolicy, ...]:
-        cached = self._ratelimits.get(service.uid)
+        cached = self._ratelimits.get(self.uid_of(service))
         if cached is not None:
             return cached
         out = []

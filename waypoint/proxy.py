@@ -606,6 +606,7 @@ class Waypoint:
         """Apply a new snapshot atomically; cluster state (ejections, connections) survives."""
         self.config = WaypointConfig.compile(snapshot, default_service=self.default_service)
         self._ports: dict[tuple[str, str], int] = {}
+        self._labels: dict[tuple, tuple[str, ...]] = {}
         self._sources: dict[str, tuple[str, str, str, str]] = {}
         for wl in snapshot.workloads.values():
             self._sources.setdefault(
@@ -705,6 +706,7 @@ class Waypoint:
             port = self._service_port(svc, rq.authority) if svc is not None else 0
         if svc is None:
             return None, None, self._local(404, "NR", body=b"no service for this host")
+        uid = cfg.uid_of(svc)
         attrs = None
         policies = cfg.authz_for_service(svc)
         if policies:
@@ -714,7 +716,7 @@ class Waypoint:
                 return svc, None, self._local(403, "RBAC")
         rl_headers: list[tuple[str, str]] = []
         for policy in cfg.ratelimits_for(svc):
-            key = (f"{policy.namespace}/{policy.name}", svc.uid)
+            key = (f"{policy.namespace}/{policy.name}", uid)
             bucket = self.buckets.get(key)
             if bucket is None:
                 bucket = self.buckets[key] = TokenBucket.for_policy(policy, now=start)
@@ -726,7 +728,7 @@ class Waypoint:
                 self.metrics.ratelimited.labels(key[0]).inc()
                 return svc, None, self._local(policy.spec.status, "RL", rl_headers)
         view = RequestView(rq.method, rq.authority, target.path, target.query, headers)
-        routes = cfg.routes.get(svc.uid)
+        routes = cfg.routes.get(uid)
         namespace = svc.namespace
         if routes is None:
             dest_svc, dest_port, subset = svc, port, ""
@@ -739,7 +741,7 @@ class Waypoint:
                 return svc, None, self._local(404, "NR")
             route, match = selected
             p = make_plan(route, match, view, self.rng)
-            namespace = cfg.route_owner[svc.uid].namespace
+            namespace = cfg.route_owner[uid].namespace
             dest_svc = cfg.service_by_fqdn(p.destination.host, namespace)
             if dest_svc is None:
                 return svc, None, self._local(503, "UH", body=b"no such destination service")
@@ -778,7 +780,7 @@ class Waypoint:
         return svc, host, out
 
     def _service_port(self, svc: Service, authority: str) -> int:
-        key = (svc.uid, authority)
+        key = (self.config.uid_of(svc), authority)
         port = self._ports.get(key)
         if port is None:
             port = self._ports[key] = self._find_service_port(svc, authority)
@@ -935,6 +937,19 @@ class Waypoint:
 
     def _observe(self, rq: Incoming, svc: Service | None, host: Host | None, out: Outgoing,
                  start: float) -> None:
+        key = (rq.principal, self.config.uid_of(svc) if svc is not None else None,
+               host.address if host is not None else None, out.status, out.flags, rq.protocol,
+               _grpc_status(out) if rq.protocol == "grpc" else "-")
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels[key] = self._make_labels(rq, svc, host, out, key[6])
+            if len(self._labels) > 20000:
+                self._labels.clear()
+        self.metrics.observe(labels, (self.clock() - start) * 1000.0, len(rq.body),
+                             len(out.body))
+
+    def _make_labels(self, rq: Incoming, svc: Service | None, host: Host | None,
+                     out: Outgoing, grpc_status: str) -> tuple[str, ...]:
         src = self._sources.get(rq.principal or "", ("unknown", "unknown", "unknown", "unknown"))
         if svc is not None:
             dsvc, dname, dns = svc.hostname, svc.name, svc.namespace
@@ -949,12 +964,10 @@ class Waypoint:
             dver = host.version
         else:
             dwl = dwns = dprin = dapp = dver = "unknown"
-        labels = ("waypoint", src[0], src[1], rq.principal or "unknown", src[2] or "unknown",
-                  src[3] or "unknown", dwl, dwns, dprin or "unknown", dapp, dver, dsvc, dname,
-                  dns, rq.protocol, str(out.status), _grpc_status(out), out.flags,
-                  "mutual_tls" if rq.principal else "none")
-        self.metrics.observe(labels, (self.clock() - start) * 1000.0, len(rq.body),
-                             len(out.body))
+        return ("waypoint", src[0], src[1], rq.principal or "unknown", src[2] or "unknown",
+                src[3] or "unknown", dwl, dwns, dprin or "unknown", dapp, dver, dsvc, dname,
+                dns, rq.protocol, str(out.status), grpc_status, out.flags,
+                "mutual_tls" if rq.principal else "none")
 
 
 def _grpc_status(out: Outgoing) -> str:

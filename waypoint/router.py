@@ -32,7 +32,7 @@ from waypoint.matching import string_match
 from waypoint.retry import RetryPolicy
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestView:
     method: str
     authority: str
@@ -150,7 +150,7 @@ def apply_header_ops(headers: list[tuple[str, str]], ops: HeaderOperations | Non
         headers.append((n.lower(), v))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoutePlan:
     destination: Destination
     path: str
