@@ -131,6 +131,7 @@ class ControlPlane:
             "refused": [{"object": str(k), "problems": [f"{p.path}: {p.message}" for p in ps]}
                         for k, ps in sorted(self.compiler.problems.items())],
             "lastCompileSeconds": round(self.compiler.last_compile_seconds, 6),
+            "nodes": sorted(key.name for key, _ in self.state.items("Node")),
             "clients": self.xds.describe(),
         }
 

@@ -53,7 +53,7 @@ def ready_routes(agent: NodeAgent) -> dict[str, debug_http.Route]:
 async def serve_all(agent: NodeAgent, *, admin_port: int, metrics_host: str, metrics_port: int,
                     ready_port: int) -> list[asyncio.Server]:
     servers = [await debug_http.serve(admin_routes(agent), host="127.0.0.1", port=admin_port)]
-    if metrics_port == ready_port:
+    if metrics_port == ready_port and metrics_port != 0:
         servers.append(await debug_http.serve({**metrics_routes(agent), **ready_routes(agent)},
                                               host=metrics_host, port=metrics_port))
     else:

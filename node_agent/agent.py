@@ -35,6 +35,16 @@ from node_agent.xds.state import XdsState
 log = logging.getLogger("lacewing.agent")
 
 
+def ca_target(addresses: list[str]) -> str:
+    """One gRPC target for the CA over every replica: `ipv4:a:p,b:p` when all are IPv4
+    literals (gRPC then fails over between them), else the first address."""
+    hosts = [a.rpartition(":")[0] for a in addresses]
+    if len(addresses) > 1 and all(h.count(".") == 3 and h.replace(".", "").isdigit()
+                                  for h in hosts):
+        return "ipv4:" + ",".join(addresses)
+    return addresses[0]
+
+
 class NodeAgent:
     def __init__(self, *, cluster: str, node: str, control_planes: list[str],
                  credentials: str | Path, admin_port: int = 15000, metrics_host: str = "0.0.0.0",
@@ -47,7 +57,7 @@ class NodeAgent:
                              state=self.state)
         xds_metrics.register(self.registry, self.xds)
         self.certs = CertificateManager(
-            GrpcCaClient.from_node_credential(control_planes[0], credentials),
+            GrpcCaClient.from_node_credential(ca_target(control_planes), credentials),
             registry=self.registry)
         self.on_start: list[Callable[[], Awaitable[None]]] = []
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
@@ -78,6 +88,13 @@ class NodeAgent:
     async def _fetch(self, identity: str) -> None:
         with contextlib.suppress(CertificateUnavailable):
             await self.certs.get(identity)  # starts (or joins) its lifecycle; errors are kept
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Where the endpoints listen (useful when started with port 0)."""
+        names = ("admin", "metrics", "ready")
+        return {n: s.sockets[0].getsockname()[1] for n, s in zip(names, self._servers,
+                                                                   strict=False)}
 
     async def start(self) -> None:
         self._servers = await admin.serve_all(self, **self._ports)

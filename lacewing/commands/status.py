@@ -109,7 +109,15 @@ def rows(status: dict, *, now: float) -> list[list[str]]:
             else "PENDING"
         out.append([name, c.get("ackedVersion") or "-", synced, _ago(c.get("lastPush"), now),
                     str(len(c.get("rejects") or [])), c.get("peer", "")])
+    for node in missing_nodes(status):
+        out.append([f"node-agent {node}", "-", "NOT CONNECTED", "-", "-", ""])
     return out
+
+
+def missing_nodes(status: dict) -> list[str]:
+    """Nodes the control plane knows of whose node agent is not connected."""
+    connected = {c.get("node") for c in status.get("clients", []) if c.get("role") == "node"}
+    return [n for n in status.get("nodes", []) if n not in connected]
 
 
 def format_table(status: dict, *, now: float) -> str:
@@ -132,7 +140,7 @@ def format_table(status: dict, *, now: float) -> str:
 
 
 def healthy(status: dict) -> bool:
-    return bool(status.get("ready")) and all(
+    return bool(status.get("ready")) and not missing_nodes(status) and all(
         not c.get("rejects") and c.get("ackedVersion") == status.get("version") and c.get("inSync")
         for c in status.get("clients", []))
 

@@ -64,7 +64,7 @@ class XdsClient:
         self.rejected: dict[tuple[str, str], str] = {}  # (type, name) -> reason, last NACK
         self.bytes_received = 0
         self.responses = 0
-        self.synced = asyncio.Event()  # every subscribed type answered at least once
+        self.synced = asyncio.Event()  # every subscribed type answered on the current stream
         self._answered: set[str] = set()
 
     # --- one stream -----------------------------------------------------------------------------
@@ -138,6 +138,7 @@ class XdsClient:
                     node=node, type_url=type_url,
                     initial_resource_versions=self.state.versions(type_url)))
             self._answered.clear()
+            self.synced.clear()
             while True:
                 resp = await call.read()
                 if resp is grpc.aio.EOF:

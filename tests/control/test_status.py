@@ -78,3 +78,6 @@ def test_rejects_and_lagging_clients_make_status_fail():
     assert not status_cmd.healthy(rej)
     text = status_cmd.format_table(rej, now=0)
     assert "rejected Workload a/b (version v): bad" in text
+    gone = {**base, "nodes": ["n1", "n2"]}
+    assert not status_cmd.healthy(gone)
+    assert "node-agent n2  -      NOT CONNECTED" in status_cmd.format_table(gone, now=0)
