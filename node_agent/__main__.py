@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=15020)
     p.add_argument("--ready-port", type=int, default=15021)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--no-dataplane", action="store_true",
+                   help="run without the node tunnel and eBPF capture (node_agent/ztunnel/wiring.py)")
     return p.parse_args(argv)
 
 
@@ -39,6 +41,9 @@ async def amain(args: argparse.Namespace) -> int:
                       credentials=args.credentials, admin_port=args.admin_port,
                       metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                       ready_port=args.ready_port)
+    if not args.no_dataplane:
+        from node_agent.ztunnel.wiring import attach
+        attach(agent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,7 @@
-"""Tier 3: the tunnel on a 2-node local cluster with the real eBPF capture (node_agent.datapath),
-real processes in node namespaces, real mTLS between nodes, source addresses preserved."""
+"""Tier 3: the mesh on a 2-node local cluster — the cluster's own control plane and node agents
+(the tunnel and the eBPF capture wired in by node_agent/ztunnel/wiring.py), enrollment by
+namespace label, policies applied like any resource; real mTLS between nodes, source addresses
+preserved."""
 
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ def test_mesh_on_a_local_cluster(make_cluster, tmp_path):
     cluster.wait_ready(namespace="legacy", min_pods=1)
     pods = {f"{p['namespace']}/{p['name']}": p for p in cluster.status()["pods"]}
     server, near, client = pods["mesh/server"], pods["mesh/near"], pods["mesh/client"]
-    mesh = LocalMesh(cluster, tmp_path / "mesh", enrolled={"mesh"}, resources=list(POLICIES))
+    mesh = LocalMesh(cluster, namespaces={"mesh"}, resources=list(POLICIES))
     try:
         mesh.start()
         # cross node, pod IP: mTLS, and the server sees the client's own address

@@ -1,0 +1,178 @@
+"""The node agent's data path: the node tunnel, and the eBPF capture that feeds it, following the
+agent's snapshots.
+
+Before: a `node_agent.agent.NodeAgent` (its hooks: `subscribe(fn)`, `registry`, `on_start`,
+`on_stop`, and `certs`). After `attach(agent)`:
+- the tunnel (`proxy.Tunnel`) runs on its own thread with its own event loop (uvloop when
+  installed), so the hot path never waits behind xDS or certificate work and the agent's loop
+  stays the default one grpc.aio expects; it reads certificates through the agent's
+  `CertificateManager` (calls are handed to the agent's loop) and registers its metrics in the
+  agent's registry; readiness stays the agent's (:15021);
+- every applied snapshot goes to the tunnel first (latest wins, one writer), then to the
+  datapath: `Datapath.sync` enrolls the node's enrolled pods and makes the others plaintext-
+  captured, so the tunnel already knows a pod when its first SYN is captured. The datapath is
+  installed with the first snapshot that enrolls a pod of this node (a node with no mesh pod
+  never loads eBPF programs);
+- on stop the tunnel drains; the capture stays in the kernel, so that a restarting agent adopts
+  it without a gap (fail closed: captured SYNs find no listener and are dropped meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Callable
+
+from control.snapshot import NodeSnapshot, Workload
+from node_agent.certs.manager import WorkloadCertificate
+from node_agent.ztunnel.proxy import Tunnel, TunnelConfig
+from node_agent.ztunnel.telemetry import Telemetry
+
+log = logging.getLogger("lacewing.ztunnel.wiring")
+
+
+class _AgentCerts:
+    """`CertSource` for a tunnel on another loop: each `get` runs on the agent's loop."""
+
+    def __init__(self, certs, loop: asyncio.AbstractEventLoop) -> None:
+        self._certs = certs
+        self._loop = loop
+
+    async def get(self, identity: str) -> WorkloadCertificate:
+        fut = asyncio.run_coroutine_threadsafe(self._certs.get(identity), self._loop)
+        return await asyncio.wrap_future(fut)
+
+
+def local_veth(cluster: str) -> Callable[[Workload], str]:
+    from lacewing.local.names import ClusterNames
+    return lambda w: ClusterNames.pod_veth(w.namespace, w.name)
+
+
+class Dataplane:
+    def __init__(self, agent, *, config: TunnelConfig | None = None, capture: bool = True,
+                 veth_of: Callable[[Workload], str] | None = None,
+                 access_log=sys.stderr, use_uvloop: bool = True) -> None:
+        self.agent = agent
+        self.config = config or TunnelConfig(readiness_addr=None)
+        self.capture = capture
+        self.veth_of = veth_of or local_veth(agent.cluster)
+        self.telemetry = Telemetry(registry=agent.registry, access_log=access_log)
+        self.use_uvloop = use_uvloop
+        self.tunnel: Tunnel | None = None
+        self.datapath = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._latest: NodeSnapshot | None = None
+        self._applying: asyncio.Task | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    # ------------------------------------------------------------------ the tunnel's thread
+    def _run(self, agent_loop: asyncio.AbstractEventLoop) -> None:
+        if self.use_uvloop:
+            try:
+                import uvloop
+                loop = uvloop.new_event_loop()
+            except ImportError:
+                loop = asyncio.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self.tunnel = Tunnel(_AgentCerts(self.agent.certs, agent_loop), config=self.config,
+                             telemetry=self.telemetry)
+        try:
+            loop.run_until_complete(self.tunnel.start())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+            self._started.set()
+            loop.close()
+            return
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self.tunnel.close())
+            loop.close()
+
+    def _in_tunnel(self, coro):
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    async def start(self) -> None:
+        agent_loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, args=(agent_loop,),
+                                        name="lacewing-tunnel", daemon=True)
+        self._thread.start()
+        await agent_loop.run_in_executor(None, self._started.wait)
+        if self._error is not None:
+            raise RuntimeError(f"the node tunnel did not start: {self._error}") from self._error
+        log.info("node tunnel listening on %s", self.tunnel.addresses)
+        if self._latest is not None:
+            self._kick()
+
+    async def stop(self) -> None:
+        if self._applying is not None:
+            self._applying.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._applying
+        if self._loop is not None and self.tunnel is not None and self._loop.is_running():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._in_tunnel(self.tunnel.drain(timeout=5.0)), 10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+        if self.datapath is not None:
+            self.datapath.close()
+
+    # ------------------------------------------------------------------ snapshots
+    def on_snapshot(self, snapshot: NodeSnapshot) -> None:
+        self._latest = snapshot
+        if self.tunnel is not None:
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._applying is None or self._applying.done():
+            self._applying = asyncio.get_running_loop().create_task(self._apply_latest())
+
+    async def _apply_latest(self) -> None:
+        while self._latest is not None:
+            snap, self._latest = self._latest, None
+            try:
+                await self._in_tunnel(self.tunnel.update(snap))
+                if self.capture:
+                    await asyncio.get_running_loop().run_in_executor(None, self._sync, snap)
+            except Exception:  # noqa: BLE001 - keep following snapshots
+                log.exception("applying snapshot %s to the data path failed", snap.version)
+
+    def _sync(self, snap: NodeSnapshot) -> None:
+        from node_agent.datapath import Datapath, Pod
+        local = [w for w in snap.local_workloads() if w.ip]
+        if self.datapath is not None and not self.datapath.pinned():
+            self.datapath.close()       # removed from outside (an operator's uninstall)
+            self.datapath = None
+        if self.datapath is None:
+            if not any(w.enrolled for w in local):
+                return
+            dp = Datapath(self.agent.cluster, self.agent.node)
+            if dp.pinned():
+                dp.adopt()
+            else:
+                dp.install()
+            self.datapath = dp
+        pods = [(Pod(ip=w.ip, veth=self.veth_of(w), name=w.uid,
+                     exclude_outbound_ports=w.exclude_outbound_ports,
+                     exclude_inbound_ports=w.exclude_inbound_ports), w.enrolled)
+                for w in local]
+        self.datapath.sync(pods)
+
+
+def attach(agent, **options) -> Dataplane:
+    """Give `agent` its data path: subscribe to its snapshots, start and stop with it."""
+    dp = Dataplane(agent, **options)
+    agent.on_start.append(dp.start)
+    agent.on_stop.append(dp.stop)
+    agent.subscribe(dp.on_snapshot)
+    return dp
