@@ -1,6 +1,7 @@
 """A small transparent relay standing in for the node tunnel in the datapath tests.
 
-    nsenter --net=/run/netns/<node> python tests/bpf/relay.py 15001 15006 [--no-upstream|--sockmap]
+    nsenter --net=/run/netns/<node> python perf/relay.py 15001 15006 [--no-upstream|--sockmap]
+                                                      [--upstream HOST:PORT]
 
 Before: runs in a node namespace where the datapath steers captured connections to these ports.
 After: listens on each port with IP_TRANSPARENT; for every accepted connection prints one JSON
@@ -10,7 +11,10 @@ then connects to that original destination from the node and copies bytes both w
 a sockmap whose sk_skb verdict program redirects each one's bytes to the other inside the
 kernel, as the tunnel's same-node splice will: only bytes that arrived before the sockets
 entered the map pass through user space, and a last JSON line per connection says how many
-({"copied": n}). Prints "ready" once listening; exits on SIGTERM or when stdin closes.
+({"copied": n}). With --upstream HOST:PORT it connects there instead of to the original
+destination (the capture benchmark's "addressed directly" case needs that) and prints no
+per-connection lines. Prints "ready" once listening; exits on SIGTERM or when stdin closes.
+Used by the datapath tests (tests/bpf) and the capture-cost benchmark (perf/bench_capture.py).
 """
 
 from __future__ import annotations
@@ -116,8 +120,8 @@ def serve_spliced(conn: socket.socket, lock: threading.Lock) -> None:
     up.close()
 
 
-def serve(conn: socket.socket, upstream: bool) -> None:
-    local = conn.getsockname()
+def serve(conn: socket.socket, upstream: bool, fixed: tuple[str, int] | None = None) -> None:
+    local = fixed or conn.getsockname()
     if not upstream:
         conn.close()
         return
@@ -135,23 +139,25 @@ def serve(conn: socket.socket, upstream: bool) -> None:
     up.close()
 
 
-def listen(port: int, upstream: bool, lock: threading.Lock, spliced: bool = False) -> socket.socket:
+def listen(port: int, upstream: bool, lock: threading.Lock, spliced: bool = False,
+           fixed: tuple[str, int] | None = None) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     s.bind(("0.0.0.0", port))
-    s.listen(128)
+    s.listen(4096)
 
     def loop():
         while True:
             conn, peer = s.accept()
-            with lock:
-                print(json.dumps({"listener": port, "local": list(conn.getsockname()),
-                                  "peer": list(peer)}), flush=True)
+            if fixed is None:
+                with lock:
+                    print(json.dumps({"listener": port, "local": list(conn.getsockname()),
+                                      "peer": list(peer)}), flush=True)
             if spliced:
                 threading.Thread(target=serve_spliced, args=(conn, lock), daemon=True).start()
             else:
-                threading.Thread(target=serve, args=(conn, upstream), daemon=True).start()
+                threading.Thread(target=serve, args=(conn, upstream, fixed), daemon=True).start()
 
     threading.Thread(target=loop, daemon=True).start()
     return s
@@ -160,10 +166,15 @@ def listen(port: int, upstream: bool, lock: threading.Lock, spliced: bool = Fals
 def main(argv: list[str]) -> int:
     upstream = "--no-upstream" not in argv
     spliced = "--sockmap" in argv
+    fixed = None
+    if "--upstream" in argv:
+        host, _, port = argv[argv.index("--upstream") + 1].rpartition(":")
+        fixed = (host, int(port))
+        argv = [a for i, a in enumerate(argv) if i != argv.index("--upstream") + 1]
     ports = [int(a) for a in argv if not a.startswith("--")]
     lock = threading.Lock()
     for p in ports:
-        listen(p, upstream, lock, spliced)
+        listen(p, upstream, lock, spliced, fixed)
     print("ready", flush=True)
     sys.stdin.read()        # the test closes stdin (or kills us) to stop
     return 0

@@ -2,7 +2,7 @@
 
 Before: a Topology (tests/bpf/topology.py). After: `Server` answers, per connection, either
 "who" (the peer address it sees) or "sink N" (counts what arrives until EOF, then sends N
-bytes); `ask_who`/`transfer` are the clients; `Relay` runs tests/bpf/relay.py in a node
+bytes); `ask_who`/`transfer` are the clients; `Relay` runs perf/relay.py in a node
 namespace with nsenter and collects the connections it accepted. Everything stops in close().
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tests.bpf.topology import in_netns
 
-RELAY = Path(__file__).with_name("relay.py")
+RELAY = Path(__file__).resolve().parents[2] / "perf" / "relay.py"
 
 
 class Server:
@@ -136,7 +136,7 @@ def transfer(ns: str, ip: str, port: int, *, send: int, receive: int,
 
 
 class Relay:
-    """tests/bpf/relay.py in a node namespace."""
+    """perf/relay.py in a node namespace."""
 
     def __init__(self, node_ns: str, ports: tuple[int, ...] = (15001, 15006), *,
                  upstream: bool = True, sockmap: bool = False):
