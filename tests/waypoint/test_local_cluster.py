@@ -1,11 +1,13 @@
 """Tier 3: the waypoint on a 2-node local cluster, behind the real node tunnels.
 
-A client pod calls a Service's cluster IP; the eBPF capture hands the connection to node0's
-tunnel, which sends it over mutual TLS (the client's SVID) to the waypoint pod, declared for
-the Service. The waypoint reads the tunnel header (the Service called), applies L7 policy and
-routes, and reaches the chosen endpoint through that endpoint's node tunnel with its own SVID.
-Every part is a real process in its namespace; only the snapshots are files (the xDS client
-is not in the waypoint yet).
+`lacewing local up` runs the control plane and the node agents (tunnel + eBPF capture). A
+client pod calls a Service's cluster IP; the capture hands the connection to node0's tunnel,
+which — told by the control plane that the namespace uses waypoint shop/waypoint, found by its
+instance pod's label — sends it over mutual TLS (the client's SVID) to the waypoint pod. The
+waypoint reads the tunnel header (the Service called), applies L7 policy and routes, and
+reaches the chosen endpoint through that endpoint's node tunnel with its own SVID. Every part
+is a real process in its namespace; the waypoint's own snapshot is a bootstrap file, since
+pods cannot reach the control plane on the fabric yet (test_local_apply.py has the xfail).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import sys
 import pytest
 import yaml
 
-from control.ca.authority import CertificateAuthority
 from node_agent.ztunnel.localmesh import LocalMesh
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.netns, pytest.mark.bpf]
@@ -33,9 +34,23 @@ def pod(name: str, node: str, sa: str, cmd: list[str], labels: dict | None = Non
                  "containers": [{"name": "main", "command": cmd}]}})
 
 
-def serve(version: str) -> list[str]:
+def serve(version: str, *flags: str) -> list[str]:
     return [PY, "-m", "lacewing.sample_app", "serve", "--port", "8080", "--version", version,
-            "-q"]
+            "-q", *flags]
+
+
+def service(name: str) -> str:
+    return f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"""
+
+
+SERVICES = ("web", "flaky", "eject", "slow", "limited")
 
 
 WORKLOADS = "".join([
@@ -47,14 +62,15 @@ WORKLOADS = "".join([
     pod("web-v1-0", "node1", "web", serve("v1"), {"app": "web", "version": "v1"}),
     pod("web-v1-1", "node1", "web", serve("v1"), {"app": "web", "version": "v1"}),
     pod("web-v2-0", "node0", "web", serve("v2"), {"app": "web", "version": "v2"}),
-    f"""---
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
-"""])
+    pod("flaky-0", "node1", "web", serve("v1", "--fail-rate", "0.3"), {"app": "flaky"}),
+    pod("eject-0", "node1", "web", serve("v1"), {"app": "eject"}),
+    pod("eject-1", "node0", "web", serve("v1"), {"app": "eject"}),
+    pod("eject-bad", "node1", "web", serve("v1", "--fail-rate", "1"), {"app": "eject"}),
+    pod("slow-0", "node1", "web", serve("v1", "--latency", "300ms"), {"app": "slow"}),
+    pod("limited-0", "node1", "web", serve("v1"), {"app": "limited"}),
+    *[service(n) for n in SERVICES]])
+MESH_PODS = ("client", "intruder", "web-v1-0", "web-v1-1", "web-v2-0", "flaky-0", "eject-0",
+             "eject-1", "eject-bad", "slow-0", "limited-0")
 
 CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -63,6 +79,9 @@ metadata: {name: web, namespace: shop}
 spec:
   hosts: [web]
   http:
+  - match: [{uri: {prefix: /slow}}]
+    timeout: 200ms
+    route: [{destination: {host: web, subset: v1}}]
   - match: [{headers: {x-user: {exact: tester}}}]
     route: [{destination: {host: web, subset: v2}}]
   - route:
@@ -86,45 +105,82 @@ spec:
   rules:
   - from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]
     to: [{operation: {methods: [GET]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky, namespace: shop}
+spec:
+  hosts: [flaky]
+  http: [{route: [{destination: {host: flaky}}], retries: {attempts: 4, retryOn: 5xx}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: eject, namespace: shop}
+spec:
+  hosts: [eject]
+  http: [{route: [{destination: {host: eject}}], retries: {attempts: 0}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: eject, namespace: shop}
+spec:
+  host: eject
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 100ms, baseEjectionTime: 1s,
+                       maxEjectionPercent: 50}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slow, namespace: shop}
+spec:
+  hosts: [slow]
+  http: [{route: [{destination: {host: slow}}], retries: {attempts: 0}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: slow, namespace: shop}
+spec:
+  host: slow
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+---
+apiVersion: lacewing.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: limited, namespace: shop}
+spec:
+  targetRef: {kind: Service, group: "", name: limited}
+  tokenBucket: {maxTokens: 25, fillInterval: 1h}
 """
 
 
 def bootstrap(status: dict) -> str:
     underlay = {n["name"]: n["underlayIP"] for n in status["nodes"]}
     pods = {p["ip"]: p for p in status["pods"] if p.get("ip")}
-    svc = next(s for s in status["services"] if s["name"] == "web")
-    endpoints = []
-    for e in svc["endpoints"]:
-        ip, _, port = e.rpartition(":")
-        p = pods[ip]
-        endpoints.append({"name": p["name"], "ip": ip, "port": int(port), "enrolled": True,
-                          "nodeIP": underlay[p["node"]], "serviceAccount": "web",
-                          "labels": p.get("labels") or {}})
-    services = {"apiVersion": "lacewing.dev/v1alpha1", "kind": "WaypointServices",
-                "waypoint": {"namespace": NS, "name": "waypoint"},
-                "services": [{"name": "web", "namespace": NS, "vip": svc["clusterIP"],
-                              "ports": [{"port": 80, "targetPort": 8080}],
-                              "endpoints": endpoints}]}
-    return yaml.safe_dump(services) + "---" + CONFIG
-
-
-class MeshWithWaypoint(LocalMesh):
-    """The node tunnels' snapshots, plus the waypoint the control plane would announce."""
-
-    waypoint_ip = ""
-
-    def _write_snapshots(self, status) -> None:
-        super()._write_snapshots(status)
-        for node in status["nodes"]:
-            path = self.workdir / f"snapshot-{node['name']}.json"
-            snap = json.loads(path.read_text())
-            snap["waypoints"] = [{"namespace": NS, "name": "waypoint",
-                                  "identity": f"spiffe://cluster.local/ns/{NS}/sa/waypoint",
-                                  "addresses": [f"{self.waypoint_ip}:15008"]}]
-            for s in snap["services"]:
-                if s["namespace"] == NS and s["name"] == "web":
-                    s["waypoint"] = f"{NS}/waypoint"
-            path.write_text(json.dumps(snap))
+    services = []
+    for svc in status["services"]:
+        if svc["namespace"] != NS:
+            continue
+        endpoints = []
+        for e in svc["endpoints"]:
+            ip, _, port = e.rpartition(":")
+            p = pods[ip]
+            endpoints.append({"name": p["name"], "ip": ip, "port": int(port), "enrolled": True,
+                              "nodeIP": underlay[p["node"]], "serviceAccount": "web",
+                              "labels": p.get("labels") or {}})
+        services.append({"name": svc["name"], "namespace": NS, "vip": svc["clusterIP"],
+                         "ports": [{"port": 80, "targetPort": 8080}], "endpoints": endpoints})
+    doc = {"apiVersion": "lacewing.dev/v1alpha1", "kind": "WaypointServices",
+           "waypoint": {"namespace": NS, "name": "waypoint"}, "services": services}
+    return yaml.safe_dump(doc) + "---" + CONFIG
 
 
 def load(cluster, client: str, url: str, *args: str) -> dict:
@@ -136,29 +192,28 @@ def load(cluster, client: str, url: str, *args: str) -> dict:
 
 
 def test_waypoint_behind_node_tunnels(make_cluster, tmp_path):
-    cluster = make_cluster(nodes=2)
+    cluster = make_cluster(nodes=2)        # runs the control plane and a node agent per node
     (tmp_path / "w.yaml").write_text(WORKLOADS)
     cluster.apply([tmp_path / "w.yaml"])
-    cluster.wait_ready(namespace=NS, min_pods=5, timeout=90)
-    status = cluster.status()
-    workdir = tmp_path / "mesh"
-    workdir.mkdir()
-    ca_dir = workdir / "mesh-ca"
-    CertificateAuthority.load_or_generate(ca_dir)
-    (tmp_path / "waypoint.yaml").write_text(bootstrap(status))
+    cluster.wait_ready(namespace=NS, min_pods=len(MESH_PODS), timeout=120)
+    # The waypoint pod: the instance label tells the control plane (and so every node tunnel)
+    # where waypoint shop/waypoint is; the namespace label sends the Services' traffic to it.
+    # Its own snapshot comes from a bootstrap file (pods cannot reach the control plane yet).
+    (tmp_path / "waypoint.yaml").write_text(bootstrap(cluster.status()))
+    ca_dir = cluster.store.read_cluster()["caDir"]
     (tmp_path / "wp-pod.yaml").write_text(pod(
         "waypoint", "node0", "waypoint",
         [PY, "-m", "waypoint", "--bootstrap", str(tmp_path / "waypoint.yaml"),
-         "--listen", "0.0.0.0:15008", "--metrics", "127.0.0.1:15020", "--ca-dir", str(ca_dir),
-         "--trace-sample", "0"])[4:])
+         "--listen", "0.0.0.0:15008", "--metrics", "127.0.0.1:15020", "--ca-dir", ca_dir,
+         "--trace-sample", "0"],
+        {"lacewing.dev/waypoint": "waypoint", "lacewing.dev/dataplane-mode": "none"})[4:])
     cluster.apply([tmp_path / "wp-pod.yaml"])
-    cluster.wait_ready(namespace=NS, min_pods=6, timeout=90)
+    cluster.wait_ready(namespace=NS, min_pods=len(MESH_PODS) + 1, timeout=120)
+    cluster.label("namespace", NS, {"lacewing.dev/use-waypoint": "waypoint"})
     status = cluster.status()
-    pods = {p["name"]: p for p in status["pods"] if p["namespace"] == NS}
-    vip = next(s for s in status["services"] if s["name"] == "web")["clusterIP"]
-    mesh = MeshWithWaypoint(cluster, workdir, enrolled={
-        f"{NS}/{n}" for n in ("client", "intruder", "web-v1-0", "web-v1-1", "web-v2-0")})
-    mesh.waypoint_ip = pods["waypoint"]["ip"]
+    vips = {s["name"]: s["clusterIP"] for s in status["services"] if s["namespace"] == NS}
+    vip = vips["web"]
+    mesh = LocalMesh(cluster, namespaces=set(), pods={f"{NS}/{n}" for n in MESH_PODS})
     try:
         mesh.start()
         url = f"http://{vip}:80/"
@@ -172,6 +227,32 @@ def test_waypoint_behind_node_tunnels(make_cluster, tmp_path):
         assert denied["status"] == {"403": 20}
         post = load(cluster, "client", url, "-n", "10", "-X", "POST")
         assert post["status"] == {"403": 10}
+        for path in ("admin", "admin/x", "/admin", "public/..%2Fadmin", "public%5C..%5Cadmin",
+                     "./admin", "%61dmin"):
+            denied = load(cluster, "client", url + path, "-n", "1")
+            assert denied["status"] == {"403": 1}, path
+        # Timeouts: the /slow route's 200 ms, the pod told to take 2 s.
+        slow = load(cluster, "client", url + "slow", "-n", "3", "-H", "x-sample-delay:2s")
+        assert slow["status"] == {"504": 3}
+        # Retries hide a pod that fails 30 % of requests.
+        flaky = load(cluster, "client", f"http://{vips['flaky']}/", "-n", "500", "-c", "4")
+        assert flaky["status"].get("200", 0) / 500 >= 0.99, flaky["status"]
+        # Outlier detection: the failing pod is ejected after 3 errors, then returns.
+        ej = load(cluster, "client", f"http://{vips['eject']}/", "-n", "60")
+        assert ej["pod_status"]["eject-bad"] == {"503": 3}, ej["pod_status"]
+        returned = False
+        for _ in range(20):
+            ej = load(cluster, "client", f"http://{vips['eject']}/", "-n", "6")
+            if "eject-bad" in ej["pods"]:
+                returned = True
+                break
+        assert returned
+        # Pool overflow: one connection, one pending request; the rest get 503.
+        over = load(cluster, "client", f"http://{vips['slow']}/", "-n", "24", "-c", "6")
+        assert over["status"].get("503", 0) > 0 and over["status"].get("200", 0) > 0
+        # Rate limit: 25 tokens, no refill within the test.
+        lim = load(cluster, "client", f"http://{vips['limited']}/", "-n", "100", "-c", "4")
+        assert lim["status"] == {"200": 25, "429": 75}
         # The path really went through both tunnels and the waypoint.
         kinds = {(e["kind"], e["decision"]) for e in mesh.access_log("node0")}
         assert ("waypoint", "allow") in kinds
