@@ -13,11 +13,15 @@ pods cannot reach the control plane on the fabric yet (test_local_apply.py has t
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
+from lacewing.local import netns
 from node_agent.ztunnel.localmesh import LocalMesh
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.netns, pytest.mark.bpf]
@@ -183,6 +187,41 @@ def bootstrap(status: dict) -> str:
     return yaml.safe_dump(doc) + "---" + CONFIG
 
 
+def start_prometheus(cluster, tmp_path) -> subprocess.Popen:
+    """Debian's Prometheus in the waypoint pod's namespace, scraping it every second."""
+    exe = shutil.which("prometheus")
+    if exe is None:
+        pytest.fail("prometheus is not installed: run `make setup`")
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n- job_name: waypoint\n"
+                   "  static_configs: [{targets: ['127.0.0.1:15020']}]\n")
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen(cluster.exec_argv(f"{NS}/waypoint", [
+        exe, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        "--web.listen-address=127.0.0.1:9090"]), stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, env=netns.clean_env())
+    log.close()
+    return proc
+
+
+def prometheus_value(cluster, promql: str, *, want: dict, timeout: float = 30) -> dict:
+    code = ("import json,sys,urllib.parse,urllib.request\n"
+            "u='http://127.0.0.1:9090/api/v1/query?'+urllib.parse.urlencode({'query':sys.argv[1]})\n"
+            "r=json.loads(urllib.request.urlopen(u,timeout=5).read())['data']['result']\n"
+            "print(json.dumps({s['metric']['response_code']:int(float(s['value'][1])) for s in r}))")
+    got: dict = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = cluster.exec(f"{NS}/waypoint", [PY, "-c", code, promql], capture_output=True,
+                           text=True, timeout=30)
+        if out.returncode == 0:
+            got = json.loads(out.stdout)
+            if got == want:
+                break
+        time.sleep(0.5)
+    return got
+
+
 def load(cluster, client: str, url: str, *args: str) -> dict:
     out = cluster.exec(f"{NS}/{client}", [PY, "-m", "lacewing.sample_app", "load", url, "-o",
                                           "json", "--timeout", "10s", *args],
@@ -214,6 +253,7 @@ def test_waypoint_behind_node_tunnels(make_cluster, tmp_path):
     vips = {s["name"]: s["clusterIP"] for s in status["services"] if s["namespace"] == NS}
     vip = vips["web"]
     mesh = LocalMesh(cluster, namespaces=set(), pods={f"{NS}/{n}" for n in MESH_PODS})
+    prom = start_prometheus(cluster, tmp_path)
     try:
         mesh.start()
         url = f"http://{vip}:80/"
@@ -253,6 +293,11 @@ def test_waypoint_behind_node_tunnels(make_cluster, tmp_path):
         # Rate limit: 25 tokens, no refill within the test.
         lim = load(cluster, "client", f"http://{vips['limited']}/", "-n", "100", "-c", "4")
         assert lim["status"] == {"200": 25, "429": 75}
+        # A real Prometheus, scraping the waypoint, agrees with what the clients saw.
+        promql = ('sum by (response_code) (istio_requests_total{reporter="waypoint",'
+                  'destination_service_name="limited"})')
+        assert prometheus_value(cluster, promql, want={"200": 25, "429": 75}) == \
+            {"200": 25, "429": 75}
         # The path really went through both tunnels and the waypoint.
         kinds = {(e["kind"], e["decision"]) for e in mesh.access_log("node0")}
         assert ("waypoint", "allow") in kinds
@@ -265,4 +310,10 @@ def test_waypoint_behind_node_tunnels(make_cluster, tmp_path):
         assert 'source_principal="cluster.local/ns/shop/sa/client"' in line
         assert 'connection_security_policy="mutual_tls"' in line
     finally:
+        prom.terminate()
+        try:
+            prom.wait(10)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait()
         mesh.stop()
