@@ -34,6 +34,10 @@ log = logging.getLogger("lacewing.control.xds")
 
 _ids = itertools.count(1)
 
+# A client that falls this many responses behind stops getting per-change pushes; once its
+# queue drains it gets one catch-up diff per type instead (memory stays bounded, nothing lost).
+MAX_QUEUED = 64
+
 
 class _Client:
     def __init__(self, *, node: str, role: str, waypoint: str, peer: str, client_id: str) -> None:
@@ -46,6 +50,7 @@ class _Client:
         self.session = DeltaSession(role=role)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.connected_at = time.time()
+        self.behind = False
 
 
 class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -63,6 +68,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def _on_change(self, change: Change) -> None:
         now = time.monotonic()
         for client in list(self.clients.values()):
+            if client.queue.qsize() >= MAX_QUEUED or client.behind:
+                client.behind = True
+                continue
             if change.changed:
                 out = client.session.on_change(change, self.catalog, now=now)
             else:
@@ -137,6 +145,12 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self.metrics.pushes.labels(type=SHORT_NAMES.get(resp.type_url, resp.type_url)).inc()
             self.metrics.pushed_bytes.inc(resp.ByteSize())
             await context.write(resp)
+            if client.behind and client.queue.empty():
+                client.behind = False
+                log.info("xDS stream %d (node %s) caught up; sending what it missed", client.id,
+                         client.node)
+                for catch_up in client.session.on_ready(self.catalog, now=time.monotonic()):
+                    client.queue.put_nowait(catch_up)
 
     # --- status ---------------------------------------------------------------------------------
     def describe(self) -> list[dict]:

@@ -32,6 +32,7 @@ from control.catalog import ALL, NODES, WAYPOINTS, Catalog, Change
 from control.xds.resources import SHORT_NAMES
 
 NODE, WAYPOINT = "node", "waypoint"
+MAX_PENDING = 256
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ class DeltaSession:
             else:
                 st.known[name] = version
         st.pending[nonce] = _Sent(sent, catalog.version_info, started_at, now)
+        if len(st.pending) > MAX_PENDING:  # a client that never ACKs: forget the oldest
+            st.pending.pop(next(iter(st.pending)))
         self.pushes += 1
         self.bytes_sent += resp.ByteSize()
         self.last_push = now
@@ -162,7 +165,8 @@ class DeltaSession:
         return out
 
     def on_ready(self, catalog: Catalog, *, now: float) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        """The catalog became ready: answer the subscriptions that were held until then."""
+        """The catalog became ready (answer the subscriptions held until then), or the server
+        skipped changes for this client: send every type's difference to what it holds."""
         out = []
         for type_url, st in self.types.items():
             names = set(self._visible(catalog, type_url)) | set(st.known)

@@ -322,3 +322,46 @@ def test_a_waypoint_gets_its_l7_snapshot_and_nodes_do_not(tmp_path):
             roles = {c["role"]: c["waypoint"] for c in plane.status()["clients"]}
             assert roles == {"node": "", "waypoint": "shop/wp"}
     run(go())
+
+
+def test_a_client_that_stops_reading_is_caught_up_with_a_diff(tmp_path):
+    async def go():
+        async with mesh(tmp_path, ["n1"]) as m:
+            seed(m)
+            plane = await m.start_plane()
+            slow = m.client("n1", [plane.port])
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=(tmp_path / "nodes/n1/root-cert.pem").read_bytes(),
+                private_key=(tmp_path / "nodes/n1/node-key.pem").read_bytes(),
+                certificate_chain=(tmp_path / "nodes/n1/node-cert.pem").read_bytes())
+            async with grpc.aio.secure_channel(
+                    f"127.0.0.1:{plane.port}", creds,
+                    options=[("grpc.ssl_target_name_override",
+                              "lacewing-control.lacewing-system.svc")]) as ch:
+                call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch).DeltaAggregatedResources()
+                await call.write(discovery_pb2.DeltaDiscoveryRequest(
+                    node=base_pb2.Node(id="slow"), type_url=r.WORKLOAD))
+                await eventually(lambda: plane.xds.clients, what="the stream")
+                # 150 changes while the client reads nothing.
+                for i in range(150):
+                    w = plane.compiler.workloads["shop/web-0"]
+                    new = dataclasses.replace(w, node_ip=f"172.18.1.{i}")
+                    plane.catalog.apply({(r.WORKLOAD, "shop/web-0"): Entry(r.pack(new), new)},
+                                        set())
+                    await asyncio.sleep(0)
+                [client] = plane.xds.clients.values()
+                assert client.behind
+                # Now it reads and ACKs everything: it ends with the latest value, having
+                # received far fewer than 150 pushes.
+                got = 0
+                while True:
+                    try:
+                        resp = await asyncio.wait_for(call.read(), 2)
+                    except TimeoutError:
+                        break
+                    got += 1
+                    await call.write(slow.handle(resp))
+                assert slow.state.snapshot.workloads["shop/web-0"].node_ip == "172.18.1.149"
+                assert got < 150
+                call.cancel()
+    run(go())
