@@ -72,12 +72,14 @@ class PerfTopology:
     server_pod: str = "perf/server"
 
     @classmethod
-    def start(cls) -> PerfTopology:
+    def start(cls, *, mesh: bool = True) -> PerfTopology:
+        """`mesh=False`: no control plane or node agents (a benchmark that drives one data
+        plane part itself)."""
         cluster = LocalCluster("pf" + secrets.token_hex(3))
         workdir = Path(tempfile.mkdtemp(prefix="lw-perf-"))
         topo = cls(cluster, workdir)
         try:
-            cluster.up(nodes=2)
+            cluster.up(nodes=2, mesh=mesh)
             (workdir / "body").mkdir()
             (workdir / "nginx.conf").write_text(NGINX_CONF.format(dir=workdir))
             (workdir / "workloads.yaml").write_text(WORKLOADS.format(dir=workdir))

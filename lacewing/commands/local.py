@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     up = add("up", "make a local cluster (clearing what a crashed one of that name left)", _up)
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
+    up.add_argument("--no-mesh", action="store_true",
+                    help="run no control plane or node agents: plain networking only")
     down = add("down", "remove a local cluster and everything it made", _down)
     down.add_argument("--all", action="store_true", help="every local cluster on this host")
     st = add("status", "nodes, pods, services and components", _status)
@@ -54,7 +56,7 @@ def _cluster(args):
 
 def _up(args) -> int:
     cluster = _cluster(args)
-    if not cluster.up(nodes=args.nodes):
+    if not cluster.up(nodes=args.nodes, mesh=not args.no_mesh):
         print(f"cluster {args.name!r} is already up; nothing changed")
         return 0
     print(f"cluster {args.name!r} is up with {args.nodes} nodes")

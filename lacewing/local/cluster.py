@@ -99,8 +99,10 @@ class LocalCluster:
         pid = self.supervisor_pid()
         return pid is not None and not _is_zombie(pid)
 
-    def up(self, *, nodes: int = 2, timeout: float = 30.0) -> bool:
-        """Make the cluster; False (and no change) when it is already up."""
+    def up(self, *, nodes: int = 2, mesh: bool = True, timeout: float = 30.0) -> bool:
+        """Make the cluster; False (and no change) when it is already up. With `mesh=False` it
+        runs no mesh components (control plane, node agents): plain Kubernetes-shaped
+        networking, for baselines and for tests that drive a data plane part themselves."""
         _require_root()
         if not 1 <= nodes <= topology.MAX_NODES:
             raise UserError(f"--nodes must be between 1 and {topology.MAX_NODES}")
@@ -116,6 +118,7 @@ class LocalCluster:
                        "podCIDR": topology.node_pod_cidr(i)} for i, n in enumerate(node_names)],
             "serviceCIDR": str(topology.SERVICE_CIDR),
             "bpffsMountedByUs": False,
+            "mesh": mesh,
         }
         self.store.write_cluster(record)
         record["bpffsMountedByUs"] = netns.mount_bpffs()
@@ -123,7 +126,8 @@ class LocalCluster:
         names.bpf_dir.mkdir(exist_ok=True)
         self._make_network(record["nodes"])
         self._make_identity(record)
-        self._write_components(record)
+        if mesh:
+            self._write_components(record)
         self._start_supervisor(timeout=timeout)
         record["phase"] = "Ready"
         self.store.write_cluster(record)

@@ -427,7 +427,7 @@ class Supervisor:
         for pod in sorted(self.pods.values(), key=lambda p: p.key):
             pods.append({
                 "namespace": pod.namespace, "name": pod.name, "node": pod.node, "ip": pod.ip,
-                "netns": pod.netns, "phase": pod.phase(), "ready": pod.ready,
+                "netns": pod.netns, "veth": pod.veth, "phase": pod.phase(), "ready": pod.ready,
                 "restarts": sum(c.restarts for c in pod.containers), "owner": pod.owner,
                 "serviceAccount": pod.spec.service_account, "labels": pod.labels,
                 "annotations": pod.annotations,

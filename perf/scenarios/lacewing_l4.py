@@ -1,7 +1,9 @@
 """lacewing-l4: the client pod on node0 reaches the server pod on node1 through Lacewing's node
-tunnels — eBPF capture on both nodes, mutual TLS 1.3 between them (SPIFFE SVIDs from Lacewing's
-CA, the destination's identity checked), STRICT PeerAuthentication, one process per node (one
-asyncio worker, uvloop), like HAProxy's `nbthread 1` in haproxy-mtls.
+tunnels — the cluster's own node agents (tunnel on one uvloop thread each, like HAProxy's
+`nbthread 1` in haproxy-mtls; xDS and certificates on the agent's own loop), eBPF capture on both
+nodes, mutual TLS 1.3 between them (SVIDs from the cluster's CA, the destination's identity
+checked), STRICT PeerAuthentication. The namespace is enrolled by its label, as an operator
+would; RSS is the node agents' (the tunnel lives in them).
 
 Also measured at start (printed, not in the harness's table): the tunnels' RSS idle and with
 1,000 open connections through them.
@@ -48,7 +50,6 @@ class LacewingL4(Scenario):
     name = "lacewing-l4"
     description = "Lacewing node tunnels, eBPF capture, mTLS between nodes, STRICT"
     measured_rss: dict[str, tuple[float, float]] = {}
-    tunnel_args: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.mesh: LocalMesh | None = None
@@ -57,11 +58,9 @@ class LacewingL4(Scenario):
         return topo.server_pod, topo.server_ip
 
     def start(self, topo: PerfTopology) -> Target:
-        self.mesh = LocalMesh(topo.cluster, topo.workdir / self.name, enrolled={"perf"},
-                              resources=[STRICT],
-                              extra_args=["--access-log", "off", *self.tunnel_args])
-        self.mesh.start()
         _, ip = self._server(topo)
+        self.mesh = LocalMesh(topo.cluster, namespaces={"perf"}, resources=[STRICT])
+        self.mesh.start()
         if self.name not in self.measured_rss:
             self.measured_rss[self.name] = self._rss_with_connections(topo, ip)
             idle, busy = self.measured_rss[self.name]

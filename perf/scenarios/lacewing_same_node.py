@@ -2,12 +2,11 @@
 The tunnel on node0 decides identity and policy in-process (STRICT, the same identities as
 lacewing-l4) and relays the bytes to the pod without any TLS (see docs/tunnel.md for the choice
 between a user-space copy and a kernel splice). The server pod is added next to the client at
-the first start; the harness's `direct` baseline stays the cross-node pair.
+the first start; the harness's `direct` baseline stays the cross-node pair. The access log is
+on (as in production); it costs a line per connection.
 """
 
 from __future__ import annotations
-
-import os
 
 from lacewing.local import netns
 from perf.scenarios.lacewing_l4 import LacewingL4
@@ -30,8 +29,6 @@ class LacewingSameNode(LacewingL4):
     name = "lacewing-same-node"
     description = "Lacewing, client and server on one node: policy in-process, plain relay"
     pod = "perf/server-near"
-    # LACEWING_SPLICE=1: the kernel splice (experimental, see docs/tunnel.md) instead of the copy
-    tunnel_args = ("--splice",) if os.environ.get("LACEWING_SPLICE") == "1" else ()
 
     def _server(self, topo: PerfTopology) -> tuple[str, str]:
         names = {f"{p['namespace']}/{p['name']}" for p in topo.cluster.status()["pods"]}
@@ -44,7 +41,3 @@ class LacewingSameNode(LacewingL4):
             topo.cluster.wait_ready(namespace="perf", min_pods=3)
             netns.sysctl(topo.netns(self.pod), TCP_SYSCTLS)
         return self.pod, topo.cluster.pod(self.pod)["ip"]
-
-    def start(self, topo: PerfTopology):
-        self._server(topo)          # the pod must exist before the snapshots are written
-        return super().start(topo)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_durations_and_iperf():
 
 def test_a_short_run_writes_table_and_chart(root_required, tmp_path):
     out = subprocess.run([sys.executable, "-m", "perf", "run", "--repeat", "1", "--duration",
-                          "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                          "1", "--scenarios", "direct,haproxy-mtls", "--out", str(tmp_path)], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())
@@ -66,3 +67,18 @@ def test_a_short_run_writes_table_and_chart(root_required, tmp_path):
     # Nothing of the run is left: its cluster was removed.
     assert "lw-pf" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                          text=True).stdout
+
+
+def test_capture_benchmark_runs_all_modes(root_required, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "perf.bench_capture", "--repeat", "1",
+                          "--duration", "1", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert set(summary) == {"no-relay", "addressed", "ebpf", "tproxy"}
+    # Each mode carried traffic: a capture that did not deliver would have no answers.
+    assert all(m["conn_rate"] > 0 and m["p50_us"] > 0 for m in summary.values())
+    assert "| ebpf |" in (tmp_path / "report.md").read_text()
+    cluster = out.stdout.split("capture benchmark on local cluster ", 1)[1].split()[0]
+    assert not Path(f"/sys/fs/bpf/lw-{cluster}").exists()
+    assert not Path(f"/run/netns/lw-{cluster}-node0").exists()
