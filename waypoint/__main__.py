@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ssl_ctx = None
     tunnels = None
     creds = None
+    issued = None
     if args.cert or args.key or args.trust_bundle:
         if not (args.cert and args.key and args.trust_bundle):
             print("error: mutual TLS needs --cert, --key and --trust-bundle together",
@@ -91,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         from control.ca.spiffe_id import parse_workload
 
         ca = CertificateAuthority.load_or_generate(args.ca_dir)
-        key, chain = ca.issue_with_new_key(parse_workload(snap.waypoint.identity))
-        creds = (b"".join(chain.cert_chain), key, b"".join(chain.trust_bundle))
+        wid = parse_workload(snap.waypoint.identity)
+
+        def issue():
+            key, chain = ca.issue_with_new_key(wid)
+            return (b"".join(chain.cert_chain), key, b"".join(chain.trust_bundle)), chain
+
+        creds, issued = issue()
     if creds is not None:
         # Mutual TLS means node tunnels: they start each connection with the tunnel header,
         # and enrolled endpoints are reached through their own node's tunnel.
@@ -123,6 +129,27 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - keep serving the last good snapshot
             print(f"reload failed, keeping the last snapshot: {e}", file=sys.stderr, flush=True)
 
+    async def renew() -> None:
+        """Reissue the SVID at half its life and put it into both contexts in place."""
+        import time
+
+        from waypoint.tls import reload
+
+        nonlocal issued
+        while True:
+            half = issued.not_before + (issued.not_after - issued.not_before) / 2
+            await asyncio.sleep(max(1.0, half - time.time()))
+            try:
+                new, issued_now = issue()
+            except Exception as exc:  # noqa: BLE001 - keep the current one, try again soon
+                print(f"SVID renewal failed, retrying in 60s: {exc}", file=sys.stderr, flush=True)
+                await asyncio.sleep(60)
+                continue
+            reload(ssl_ctx, new[0], new[1])
+            reload(tunnels.client_context, new[0], new[1])
+            issued = issued_now
+            print(f"SVID renewed (serial {issued.serial})", flush=True)
+
     async def run() -> None:
         try:
             await server.start()
@@ -134,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload)
         follower = None
+        renewer = None
+        if args.ca_dir and ssl_ctx is not None:
+            renewer = loop.create_task(renew())
         if args.xds:
             from waypoint.control import follow
 
@@ -144,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         await stop.wait()
         if follower is not None:
             follower.cancel()
+        if renewer is not None:
+            renewer.cancel()
         await server.stop()
 
     try:

@@ -844,10 +844,11 @@ class Waypoint:
                         last = Outgoing(resp.status, [(n, v) for n, v in resp.headers
                                                       if n not in http1.HOP_BY_HOP],
                                         resp.body, "-", resp.trailers or None)
+                        grpc_code = _grpc_status(last) if state.cluster.h2 else "-"
                     except TimeoutError:
-                        outcome, last = retry.TIMEOUT, self._local(504, "UT")
+                        outcome, last, grpc_code = retry.TIMEOUT, self._local(504, "UT"), "-"
                     except UpstreamFailure as e:
-                        outcome = e.outcome
+                        outcome, grpc_code = e.outcome, "-"
                         last = self._local(503, "UF" if outcome == retry.CONNECT_FAILURE
                                            else "UC")
                     except Overflow as e:
@@ -857,7 +858,9 @@ class Waypoint:
                     if holding_retry:
                         counters.retries -= 1
                         holding_retry = False
-                    if retries >= policy.attempts or not policy.retriable(outcome):
+                    retriable = policy.retriable(outcome) or (
+                        grpc_code.isdigit() and policy.retriable_grpc(int(grpc_code)))
+                    if retries >= policy.attempts or not retriable:
                         return host, last
                     if not counters.admit_retry():
                         self.metrics.overflow.labels(state.cluster.name, "retries").inc()

@@ -14,8 +14,10 @@ connect), `reset` (the connection broke before a full response), `timeout` (per-
 - `retriable-4xx`: 409;
 - `retriable-status-codes`, and numeric items (Istio writes `503,connect-failure`): the listed
   statuses;
-- `refused-stream`, `cancelled`, `unavailable`, ...: HTTP/2 and gRPC conditions; upstreams
-  are spoken to in HTTP/1.1 here, so they never occur (accepted, never matched).
+- `cancelled`, `deadline-exceeded`, `resource-exhausted`, `internal`, `unavailable`: the gRPC
+  status in the answer's `grpc-status` (trailers, or headers of a trailers-only answer) —
+  `retriable_grpc(code)`;
+- `refused-stream`: an HTTP/2 REFUSED_STREAM (never produced by this proxy's upstreams).
 Istio's default when a route sets no `retries`: 2 attempts on
 `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503.
 `attempts: 0` turns retries off.
@@ -90,11 +92,20 @@ class RetryPolicy:
             return bool(on & {"reset", "gateway-error"})
         return False
 
+    def retriable_grpc(self, code: int) -> bool:
+        """A gRPC status (from `grpc-status`) against the gRPC retryOn conditions."""
+        name = GRPC_CONDITIONS.get(code)
+        return name is not None and name in self.on
+
     def backoff_s(self, retry: int, rng: random.Random | None = None) -> float:
         """Wait before retry number `retry` (1 for the first retry)."""
         ceiling = min(self.base_s * (2 ** (retry - 1)), self.max_s)
         return (rng or random).random() * ceiling
 
+
+# Envoy's gRPC retry conditions, by status code.
+GRPC_CONDITIONS = {1: "cancelled", 4: "deadline-exceeded", 8: "resource-exhausted",
+                   13: "internal", 14: "unavailable"}
 
 ISTIO_DEFAULT = RetryPolicy(
     attempts=2,

@@ -25,6 +25,11 @@ def _load(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
         ctx.load_cert_chain(cert, key)
 
 
+def reload(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """Put a renewed certificate into a context in place: new handshakes use it."""
+    _load(ctx, chain_pem, key_pem)
+
+
 def server_context(chain_pem: bytes, key_pem: bytes, trust_bundle_pem: bytes, *,
                    require_client_cert: bool = True) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

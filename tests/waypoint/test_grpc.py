@@ -104,3 +104,43 @@ spec:
             ch.unary_unary(METHOD)(b"x", timeout=10)
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "RBAC: access denied" in e.value.details()
+
+
+def test_grpc_retry_on_unavailable():
+    calls = {"n": 0}
+
+    def say(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls["n"] += 1
+        if calls["n"] % 2:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "every other call fails")
+        return b"ok"
+
+    handler = grpc.method_handlers_generic_handler("lacewing.test.Echo", {
+        "Say": grpc.unary_unary_rpc_method_handler(say)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), handlers=(handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        backs = [("echo-0", server, port)]
+        for retry_on, expect_ok in (("5xx", 5), ("unavailable", 10)):
+            calls["n"] = 0
+            snap = make_snapshot(services(backs), f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: demo}}
+spec:
+  hosts: [echo]
+  http: [{{route: [{{destination: {{host: echo}}}}], retries: {{attempts: 2, retryOn: {retry_on}}}}}]
+""")
+            ok = 0
+            with WaypointThread(snap) as wp, channel(wp) as ch:
+                say_ = ch.unary_unary(METHOD)
+                for _ in range(10):
+                    try:
+                        say_(b"x", timeout=10)
+                        ok += 1
+                    except grpc.RpcError as e:
+                        assert e.code() == grpc.StatusCode.UNAVAILABLE
+            assert ok == expect_ok, retry_on
+    finally:
+        server.stop(None)
