@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"perf: scenarios {', '.join(names)}; {args.repeat} × {args.duration}s each")
     topo = PerfTopology.start()
+    print(f"perf: on local cluster {topo.cluster.name}", flush=True)
     try:
         samples = run(topo, names, repeat=args.repeat, duration=args.duration)
     finally:

@@ -65,8 +65,9 @@ def test_a_short_run_writes_table_and_chart(root_required, tmp_path):
     assert "| haproxy-mtls |" in table and "×direct" in table
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Nothing of the run is left: its cluster was removed.
-    assert "lw-pf" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                         text=True).stdout
+    cluster = out.stdout.split("perf: on local cluster ", 1)[1].split()[0]
+    assert f"lw-{cluster}-" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                  text=True).stdout
 
 
 def test_capture_benchmark_runs_all_modes(root_required, tmp_path):
