@@ -39,10 +39,11 @@ log = logging.getLogger("lacewing.control")
 STATUS_API_VERSION = "lacewing.dev/v1alpha1"
 
 # Streams live for days: ping idle peers so that a node that vanished (or a network partition)
-# is noticed in seconds, and let node agents ping us as often as every 5 s.
+# is noticed within about a minute, and let node agents ping us as often as every 5 s.
+# Timeouts are generous: a busy peer must not be mistaken for a dead one.
 SERVER_OPTIONS = (
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),

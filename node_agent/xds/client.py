@@ -79,9 +79,9 @@ class XdsClient:
             ("grpc.default_authority", self.server_name),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             # A control plane that vanished without closing (partition, frozen VM) is noticed
-            # within ~25 s, and the client moves on to the next replica.
-            ("grpc.keepalive_time_ms", 15_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
+            # within ~40 s, and the client moves on to the next replica.
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ])
