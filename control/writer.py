@@ -17,7 +17,7 @@ import time
 from control.catalog import Catalog
 from control.compiler import Compiler
 from control.metrics import ControlMetrics
-from control.objects import Event, Replace
+from control.objects import Event
 from control.state import ClusterState
 
 log = logging.getLogger("lacewing.control.writer")
@@ -78,4 +78,4 @@ class Writer:
                 log.exception("applying %d events failed", len(batch))
 
 
-__all__ = ["Writer", "Synced", "Replace"]
+__all__ = ["Writer", "Synced"]

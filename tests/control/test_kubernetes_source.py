@@ -154,3 +154,49 @@ async def test_410_gone_relists_and_catches_what_the_watch_missed(kmock):
         # And the watch after the relist follows new changes.
         await h.call(h.core.create_namespaced_pod, "shop", pod_body("late", ip="10.244.0.7"))
         await eventually(lambda: "shop/late" in h.compiler.workloads, what="a pod after relist")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_kubernetes_mode_end_to_end_from_a_kubeconfig_to_a_node(kmock, tmp_path):
+    """`--kubeconfig` → KubernetesSource → control plane → a node's xDS client."""
+    from control.ca.authority import CertificateAuthority
+    from control.ca.node_credentials import issue_node_credential
+    from control.plane import ControlPlane
+    from control.sources.kubernetes import load_api_client
+    from node_agent.xds.client import XdsClient
+    from node_agent.xds.state import XdsState
+
+    for res in ("v1/pods", "v1/services", "v1/nodes", "v1/serviceaccounts",
+                "discovery.k8s.io/v1/endpointslices", *MESH_RESOURCES):
+        kmock.resources[res] = {}
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}]}))
+    api = load_api_client(kubeconfig=str(kubeconfig))
+    core = k8s.CoreV1Api(api)
+    ca = CertificateAuthority.load_or_generate(tmp_path / "ca")
+    issue_node_credential(ca, "n1", tmp_path / "n1")
+    followed = tuple(f for f in FOLLOWED if f.kind != "Namespace")  # kmock 0.8, see above
+    plane = ControlPlane(ca=ca, sources=[KubernetesSource(api, followed=followed)],
+                         grpc_address="127.0.0.1:0", metrics_host=None)
+    await plane.start()
+    client = XdsClient(addresses=[f"127.0.0.1:{plane.port}"], credentials=tmp_path / "n1",
+                       node="n1", state=XdsState.for_node("n1"),
+                       backoff=Backoff(initial=0.05, maximum=0.2))
+    task = asyncio.create_task(client.run())
+    try:
+        await asyncio.to_thread(core.create_namespaced_pod, "shop", pod_body("web-1"))
+        await eventually(lambda: "shop/web-1" in client.state.snapshot.workloads,
+                         what="the pod on the node")
+        await asyncio.to_thread(core.delete_namespaced_pod, "web-1", "shop")
+        await eventually(lambda: "shop/web-1" not in client.state.snapshot.workloads,
+                         what="the deletion on the node")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await plane.stop()
+        api.close()
