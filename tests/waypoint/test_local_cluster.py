@@ -139,7 +139,7 @@ spec:
   host: eject
   trafficPolicy:
     loadBalancer: {simple: ROUND_ROBIN}
-    outlierDetection: {consecutive5xxErrors: 3, interval: 100ms, baseEjectionTime: 1s,
+    outlierDetection: {consecutive5xxErrors: 3, interval: 100ms, baseEjectionTime: 3s,
                        maxEjectionPercent: 50}
 ---
 apiVersion: networking.istio.io/v1
@@ -278,14 +278,14 @@ def test_waypoint_behind_node_tunnels(make_cluster, tmp_path):
         flaky = load(cluster, "client", f"http://{vips['flaky']}/", "-n", "500", "-c", "4")
         assert flaky["status"].get("200", 0) / 500 >= 0.99, flaky["status"]
         # Outlier detection: the failing pod is ejected after 3 errors, then returns.
-        ej = load(cluster, "client", f"http://{vips['eject']}/", "-n", "60")
+        ej = load(cluster, "client", f"http://{vips['eject']}/", "-n", "30")
         assert ej["pod_status"]["eject-bad"] == {"503": 3}, ej["pod_status"]
         returned = False
-        for _ in range(20):
+        deadline = time.monotonic() + 20          # baseEjectionTime is 3 s
+        while not returned and time.monotonic() < deadline:
             ej = load(cluster, "client", f"http://{vips['eject']}/", "-n", "6")
-            if "eject-bad" in ej["pods"]:
-                returned = True
-                break
+            returned = "eject-bad" in ej["pods"]
+            time.sleep(0.2)
         assert returned
         # Pool overflow: one connection, one pending request; the rest get 503.
         over = load(cluster, "client", f"http://{vips['slow']}/", "-n", "24", "-c", "6")

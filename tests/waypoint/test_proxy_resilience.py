@@ -112,10 +112,10 @@ def test_failing_pod_is_ejected_then_returns(backends, waypoint_for):
     outlierDetection:
       consecutive5xxErrors: 3
       interval: 100ms
-      baseEjectionTime: 1s
+      baseEjectionTime: 2s
       maxEjectionPercent: 50
 """))
-    r = run_load(url(wp), requests=60, concurrency=1, headers={"Host": "web"})
+    r = run_load(url(wp), requests=30, concurrency=1, headers={"Host": "web"})
     bad = "web-v1-2"
     assert r.pod_statuses[bad] == {503: 3}                 # ejected after 3 failures
     r = run_load(url(wp), requests=100, concurrency=2, headers={"Host": "web"})
