@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,6 +93,15 @@ def test_apply_reaches_every_node_agent_and_survives_a_control_plane_kill(make_c
         assert dump["snapshot"]["node"] == name
         assert dump["snapshot"]["services"]["shop/web"]["vip"].startswith("10.96.")
         assert http_get(ns, 15021, "/healthz/ready")[0] == 200
+
+    # `lacewing status` reaches the control plane in the fabric namespace: both agents in sync.
+    def status_ok():
+        out = subprocess.run([sys.executable, "-m", "lacewing.cli", "status", "--name",
+                              cluster.name], capture_output=True, text=True, timeout=30)
+        return out if out.returncode == 0 else None
+    out = wait_for(status_ok, what="lacewing status exit 0")
+    rows = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("node-agent")]
+    assert sorted((r[1], r[3]) for r in rows) == [(n, "SYNCED") for n in sorted(node_ns)]
 
     # Kill the control plane (SIGKILL: no goodbye on the streams).
     comp = {c["name"]: c for c in cluster.status()["components"]}

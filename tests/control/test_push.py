@@ -88,6 +88,9 @@ def test_a_yaml_change_reaches_every_node(tmp_path):
             (m.config / "AuthorizationPolicy_shop_allow.yaml").unlink()
             await eventually(lambda: all(c.state.snapshot.authorization_policies == ()
                                          for c in clients), what="the policy removed")
+            # No key material ever travels in the push: certificates come from the CA only.
+            for entries in plane.catalog.entries.values():
+                assert not any(b"-----BEGIN" in e.packed.payload for e in entries.values())
             status = plane.status()
             assert {c["node"] for c in status["clients"]} == {"n1", "n2", "n3"}
             assert all(c["ackedVersion"] == status["version"] for c in status["clients"])
