@@ -7,8 +7,9 @@ control/xds/server.py) which names of which types changed, with the instant the 
 client with the difference to what it already has.
 
 Audience: "all" (workloads, services, waypoints, mesh settings), "nodes" (L4 policy:
-PeerAuthentication, AuthorizationPolicy without targetRefs) or "waypoints" (L7: routes,
-destination rules, rate limits, AuthorizationPolicy with targetRefs).
+PeerAuthentication, AuthorizationPolicy without targetRefs), or — for the L7 kinds (routes,
+destination rules, rate limits, AuthorizationPolicy with targetRefs) — the set of waypoints
+("<namespace>/<name>") whose Services they concern (possibly empty: no waypoint gets it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ ALL, NODES, WAYPOINTS = "all", "nodes", "waypoints"
 class Entry:
     packed: Packed
     obj: Any
-    audience: str = ALL
+    audience: str | frozenset[str] = ALL
+
+    def seen_by(self, role_audience: str, waypoint: str = "") -> bool:
+        a = self.audience
+        if isinstance(a, frozenset):
+            return role_audience == WAYPOINTS and waypoint in a
+        return a == ALL or a == role_audience
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         return {t: len(e) for t, e in self.entries.items()}
 
-    def objects(self, type_url: str, audience: str) -> dict[str, Any]:
+    def objects(self, type_url: str, audience: str, waypoint: str = "") -> dict[str, Any]:
+        """What a client of that audience (and waypoint, for waypoints) sees of a type."""
         return {n: e.obj for n, e in self.entries[type_url].items()
-                if e.audience in (ALL, audience)}
+                if e.seen_by(audience, waypoint)}

@@ -15,6 +15,10 @@ What a change touches:
 - a mesh resource: itself, validated by `control.config` (a refused one is kept out and its
   problems are reported, the others go on).
 
+L7 resources (routes, destination rules, rate limits, AuthorizationPolicies with targetRefs)
+go only to the waypoints in front of the Services they name; when a Service changes waypoint,
+their audiences are recomputed (and a waypoint that no longer needs one gets its removal).
+
 The per-node snapshot is mesh-wide for L4 (every workload, service, waypoint and L4 policy),
 kept at per-resource granularity so a one-pod change costs each node one Workload and the
 Services around it. The compiler also answers the CA's question (`NodeWorkloads`): which
@@ -32,7 +36,14 @@ from control import objects as k
 from control.catalog import ALL, NODES, WAYPOINTS, Catalog, Change, Entry
 from control.config.errors import WARNING, Problem
 from control.config.loader import Document
-from control.config.model import AuthorizationPolicy, PeerAuthentication, Resource
+from control.config.model import (
+    AuthorizationPolicy,
+    DestinationRule,
+    PeerAuthentication,
+    RateLimitPolicy,
+    Resource,
+    VirtualService,
+)
 from control.config.validate import validate_document
 from control.objects import Key
 from control.snapshot import Service, Waypoint, Workload
@@ -58,12 +69,51 @@ from control.xds.resources import Mesh
 log = logging.getLogger("lacewing.control.compiler")
 
 
-def audience_of(resource: Resource) -> str:
+def is_l4(resource: Resource) -> bool:
+    """Enforced by node tunnels (sent to nodes); everything else is L7 (sent to waypoints)."""
     if isinstance(resource, PeerAuthentication):
-        return NODES
-    if isinstance(resource, AuthorizationPolicy):
-        return WAYPOINTS if resource.spec.targets else NODES
-    return WAYPOINTS
+        return True
+    return isinstance(resource, AuthorizationPolicy) and not resource.spec.targets
+
+
+def services_for_host(host: str, namespace: str, services: dict[str, Service]) -> list[Service]:
+    """The Services a host of a route or destination rule names (Istio's short names are
+    relative to the resource's namespace; `*` and `*.<ns>…` are wildcards)."""
+    if host == "*":
+        return list(services.values())
+    if host.startswith("*."):
+        ns = host[2:].split(".")[0]
+        return [svc for svc in services.values() if svc.namespace == ns]
+    parts = host.split(".")
+    uid = f"{namespace}/{parts[0]}" if len(parts) == 1 else f"{parts[1]}/{parts[0]}"
+    svc = services.get(uid)
+    return [svc] if svc is not None else []
+
+
+def waypoints_of(resource: Resource, services: dict[str, Service]) -> frozenset[str]:
+    """The waypoints an L7 resource concerns: those in front of the Services it names."""
+    ns = resource.namespace
+    named: list[Service] = []
+    out: set[str] = set()
+    if isinstance(resource, VirtualService):
+        for host in resource.spec.hosts:
+            named += services_for_host(host, ns, services)
+    elif isinstance(resource, DestinationRule):
+        named += services_for_host(resource.spec.host, ns, services)
+    elif isinstance(resource, AuthorizationPolicy):
+        for ref in resource.spec.targets:
+            if ref.kind == "Gateway":
+                out.add(f"{ns}/{ref.name}")
+            elif ref.kind == "Service" and f"{ns}/{ref.name}" in services:
+                named.append(services[f"{ns}/{ref.name}"])
+    elif isinstance(resource, RateLimitPolicy):
+        ref = resource.spec.target_ref
+        if ref is None:
+            named += [svc for svc in services.values() if svc.namespace == ns]
+        elif ref.kind == "Service" and f"{ns}/{ref.name}" in services:
+            named.append(services[f"{ns}/{ref.name}"])
+    out |= {svc.waypoint for svc in named if svc.waypoint}
+    return frozenset(out)
 
 
 class Compiler:
@@ -142,12 +192,15 @@ class Compiler:
             self._mesh_sent = True
         for ns, name in sorted(pods):
             self._pod(ns, name, upserts, removes, services, waypoints)
+        retarget = False
         for ns, name in sorted(services):
-            self._service(ns, name, upserts, removes)
+            retarget |= self._service(ns, name, upserts, removes)
         for ref in sorted(waypoints):
             self._waypoint(ref, upserts, removes)
         for key in sorted(config):
             self._config(key, upserts, removes)
+        if retarget:
+            self._retarget_l7(upserts)
         change = self.catalog.apply(upserts, removes, started_at=started_at)
         self.last_compile_seconds = time.perf_counter() - t0
         return change
@@ -227,7 +280,8 @@ class Compiler:
                     return ((dep.get("spec") or {}).get("template")) or None
         return None
 
-    def _service(self, ns: str, name: str, upserts, removes) -> None:
+    def _service(self, ns: str, name: str, upserts, removes) -> bool:
+        """Recompile one Service; True when which waypoint fronts it changed."""
         uid = f"{ns}/{name}"
         obj = self.state.get(k.SERVICE, ns, name)
         new = None
@@ -237,13 +291,14 @@ class Compiler:
                              endpoints=endpoints)
         old = self.services.get(uid)
         if old == new:
-            return
+            return False
         if new is None:
             del self.services[uid]
             removes.add((r.SERVICE, uid))
         else:
             self.services[uid] = new
             upserts[(r.SERVICE, uid)] = Entry(r.pack(new), new)
+        return (old.waypoint if old else None) != (new.waypoint if new else None)
 
     def _waypoint(self, ref: str, upserts, removes) -> None:
         ns, name = ref.split("/", 1)
@@ -279,7 +334,21 @@ class Compiler:
         if new is not None:
             self.config[key] = new
             upserts[(r.type_url_of(new), r.resource_name(new))] = Entry(
-                r.pack(new), new, audience_of(new))
+                r.pack(new), new, self._audience(new))
+
+    def _audience(self, resource: Resource) -> str | frozenset[str]:
+        return NODES if is_l4(resource) else waypoints_of(resource, self.services)
+
+    def _retarget_l7(self, upserts) -> None:
+        """Services changed their waypoint: L7 resources may now concern other waypoints."""
+        for res in self.config.values():
+            if is_l4(res):
+                continue
+            entry_key = (r.type_url_of(res), r.resource_name(res))
+            audience = self._audience(res)
+            current = upserts.get(entry_key) or self.catalog.entries[entry_key[0]].get(entry_key[1])
+            if current is not None and current.audience != audience:
+                upserts[entry_key] = Entry(current.packed, res, audience)
 
 
-__all__ = ["Compiler", "audience_of", "ALL", "NODES", "WAYPOINTS"]
+__all__ = ["Compiler", "is_l4", "waypoints_of", "services_for_host", "ALL", "NODES", "WAYPOINTS"]

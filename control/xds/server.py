@@ -47,7 +47,7 @@ class _Client:
         self.waypoint = waypoint
         self.peer = peer
         self.client_id = client_id
-        self.session = DeltaSession(role=role)
+        self.session = DeltaSession(role=role, waypoint=waypoint)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.connected_at = time.time()
         self.behind = False

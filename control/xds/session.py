@@ -28,7 +28,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from control.api import mesh_pb2
-from control.catalog import ALL, NODES, WAYPOINTS, Catalog, Change
+from control.catalog import NODES, WAYPOINTS, Catalog, Change
 from control.xds.resources import SHORT_NAMES
 
 NODE, WAYPOINT = "node", "waypoint"
@@ -72,8 +72,9 @@ class Ack:
 
 
 class DeltaSession:
-    def __init__(self, *, role: str, audience_filter: str | None = None) -> None:
+    def __init__(self, *, role: str, waypoint: str = "") -> None:
         self.role = role
+        self.waypoint = waypoint
         self.audience = NODES if role == NODE else WAYPOINTS
         self.types: dict[str, _TypeState] = {}
         self._nonce = 0
@@ -95,7 +96,7 @@ class DeltaSession:
     # --- helpers --------------------------------------------------------------------------------
     def _visible(self, catalog: Catalog, type_url: str) -> dict:
         return {n: e for n, e in catalog.entries.get(type_url, {}).items()
-                if e.audience in (ALL, self.audience)}
+                if e.seen_by(self.audience, self.waypoint)}
 
     def _response(self, catalog: Catalog, type_url: str, names, *, now: float,
                   started_at: float | None, full: bool) -> discovery_pb2.DeltaDiscoveryResponse | None:
@@ -104,7 +105,7 @@ class DeltaSession:
         resources, removed, sent = [], [], {}
         for name in sorted(names):
             entry = entries.get(name)
-            if entry is not None and entry.audience not in (ALL, self.audience):
+            if entry is not None and not entry.seen_by(self.audience, self.waypoint):
                 entry = None
             if entry is None:
                 if name in st.known:

@@ -114,7 +114,7 @@ def test_waypoint_snapshot_keeps_what_concerns_it():
                                     labels={"app": "web"}))
     wp = comp.waypoints["shop/wp"]
     assert wp.identity == "spiffe://cluster.local/ns/shop/sa/wp" and wp.addresses == ("10.244.0.50",)
-    by_type = {t: catalog.objects(t, "waypoints") for t in catalog.entries}
+    by_type = {t: catalog.objects(t, "waypoints", "shop/wp") for t in catalog.entries}
     snap = waypoint_snapshot(wp, "1", by_type)
     assert set(snap.services) == {"shop/web"} and set(snap.workloads) == {"shop/web-1"}
     assert [v.name for v in snap.virtual_services] == ["web"]
@@ -174,3 +174,36 @@ def test_session_initial_versions_and_nack_details():
     # An empty initial state for a type answers with everything, even when that is nothing.
     [empty] = s.on_request(request(r.PEER_AUTHENTICATION), catalog, now=2)
     assert list(empty.resources) == [] and empty.nonce
+
+
+def test_l7_resources_go_only_to_the_waypoint_in_front_of_their_service():
+    def vs(name, host):
+        return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host}}]}]}}
+    web = service("shop", "web", ip="10.96.0.1", selector={"app": "web"},
+                  labels={"lacewing.dev/use-waypoint": "wp-a"})
+    db = service("shop", "db", ip="10.96.0.2", selector={"app": "db"})
+    state, catalog, comp = compiled(namespace("shop"), web, db, vs("web", "web.shop.svc.cluster.local"),
+                                    vs("db", "db"))
+    entries = catalog.entries[r.VIRTUAL_SERVICE]
+    assert entries["shop/web"].audience == {"shop/wp-a"}
+    assert entries["shop/db"].audience == frozenset()  # no waypoint in front of db
+    assert set(catalog.objects(r.VIRTUAL_SERVICE, "waypoints", "shop/wp-a")) == {"shop/web"}
+    assert catalog.objects(r.VIRTUAL_SERVICE, "waypoints", "shop/wp-b") == {}
+    assert catalog.objects(r.VIRTUAL_SERVICE, "nodes") == {}
+    # The namespace moves db behind wp-b: its route follows, in the same change.
+    seen = []
+    catalog.listeners.append(seen.append)
+    comp.update(state.apply(Upsert(Key("Namespace", "", "shop"), namespace(
+        "shop", {"lacewing.dev/use-waypoint": "wp-b"}))))
+    assert entries["shop/db"].audience == {"shop/wp-b"}
+    assert entries["shop/web"].audience == {"shop/wp-a"}  # the Service label wins
+    assert seen[-1].changed[r.VIRTUAL_SERVICE] == {"shop/db"}
+    # A waypoint session that held db's route while it concerned it gets its removal.
+    s = DeltaSession(role="waypoint", waypoint="shop/wp-b")
+    [resp] = s.on_request(request(r.VIRTUAL_SERVICE), catalog, now=0)
+    assert [x.name for x in resp.resources] == ["shop/db"]
+    comp.update(state.apply(Upsert(Key("Namespace", "", "shop"), namespace("shop"))))
+    [gone] = s.on_change(seen[-1], catalog, now=1)
+    assert list(gone.removed_resources) == ["shop/db"] and not gone.resources
