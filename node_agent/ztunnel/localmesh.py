@@ -5,9 +5,9 @@ agent's data path (node_agent/ztunnel/wiring.py: tunnel + eBPF capture) has the 
 Before: a `lacewing.local.cluster.LocalCluster` that is up (control plane and node agents run),
 with its workloads applied. After `start()`: enrolled pods' TCP goes through the node tunnels.
 `access_log(node)` reads the tunnel's JSON lines from the node agent's log, `metrics(node)` its
-Prometheus text, `pids()` the node agents (where the tunnels live). `stop()` removes the capture
-from the kernel (a local cluster's `down` removes pins but cannot know about attachments) —
-call it before the cluster goes down. Used by the tier-3 tests and the perf scenarios.
+Prometheus text, `pids()` the node agents (where the tunnels live). `stop()` takes the labels off
+again; `uninstall_capture(cluster)` detaches the capture before the cluster goes down. Used by
+the tier-3 tests and the perf scenarios.
 """
 
 from __future__ import annotations
@@ -72,13 +72,7 @@ class LocalMesh:
                 ips = want.get(node["name"], set())
                 if not ips:
                     continue
-                dp = Datapath(self.cluster.name, node["name"], netns=node["netns"])
-                try:
-                    have = set(dp.enrolled()) if dp.pinned() else set()
-                except Exception:  # noqa: BLE001 - not installed yet
-                    have = set()
-                finally:
-                    dp.close()
+                have = self._enrolled(node)
                 if not ips <= have:
                     missing[node["name"]] = sorted(ips - have)
             if not missing:
@@ -116,23 +110,33 @@ class LocalMesh:
     def pids(self) -> list[int]:
         return [c["pid"] for c in self._agents() if c.get("pid")]
 
-    def stop(self) -> None:
-        """Leave the mesh: labels off, capture out of the kernel."""
+    def stop(self, *, timeout: float = 30.0) -> None:
+        """Leave the mesh as an operator would: labels off; the agents make the pods plaintext
+        again (their capture stays installed, empty, as the agents own it)."""
         with contextlib.suppress(Exception):
             for ns in sorted(self.namespaces):
                 self.cluster.label("namespace", ns, {k: None for k in AMBIENT})
             for pod in sorted(self.pods):
                 self.cluster.label("pod", pod, {k: None for k in AMBIENT})
-        for node in self.cluster.status()["nodes"]:
-            dp = Datapath(self.cluster.name, node["name"], netns=node["netns"])
-            with contextlib.suppress(Exception):
-                dp.uninstall()
-            with contextlib.suppress(Exception):
-                dp.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(self._enrolled(n) for n in self.cluster.status()["nodes"]):
+                return
+            time.sleep(0.2)
+
+    def _enrolled(self, node) -> set[str]:
+        dp = Datapath(self.cluster.name, node["name"], netns=node["netns"])
+        try:
+            return set(dp.enrolled()) if dp.pinned() else set()
+        except Exception:  # noqa: BLE001 - not installed
+            return set()
+        finally:
+            dp.close()
 
 
 def uninstall_capture(cluster) -> None:
-    """Detach every node's capture (for teardown paths that bypass LocalMesh.stop)."""
+    """Detach every node's capture before a cluster goes down: `LocalCluster.down` removes the
+    pins and the namespaces, but a sockops program attached to the root cgroup would stay."""
     with contextlib.suppress(Exception):
         for node in cluster.status()["nodes"]:
             dp = Datapath(cluster.name, node["name"], netns=node["netns"])

@@ -45,6 +45,7 @@ from node_agent.ztunnel.tls import CertSource, Contexts, TlsConnection
 log = logging.getLogger("lacewing.ztunnel")
 IP_TRANSPARENT = 19
 IP_FREEBIND = 15
+CERT_REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,7 +310,7 @@ class Tunnel:
         if self.config.tunnel_port != outbound.TUNNEL_PORT and hop.port == outbound.TUNNEL_PORT:
             hop = wire.Address(hop.ip, self.config.tunnel_port)
         key = (req.source_identity, hop, req.expected_identity)
-        session = self.contexts.session(key) if self.config.resumption else None
+        session = self.contexts.session(key, ctx) if self.config.resumption else None
         side = Side(tls=TlsConnection(ctx, server_side=False,
                                       server_hostname=wire.sni_for(req.expected_identity),
                                       session=session))
@@ -324,7 +325,7 @@ class Tunnel:
             self.contexts.forget(key)
             raise PeerIdentityError(f"{_fmt((hop.ip, hop.port))} presented {peer}, "
                                     f"expected {req.expected_identity}")
-        side.session_key = key
+        side.session_key = (key, ctx)
         return side
 
     # ------------------------------------------------------------------ handlers
@@ -386,7 +387,8 @@ class Tunnel:
                     raise ConnectionResetError("the peer tunnel closed before replying")
         status, why, rest = got
         if self.config.resumption and upside.tls.obj.session is not None:
-            self.contexts.remember(upside.session_key, upside.tls.obj.session)
+            key, ctx = upside.session_key
+            self.contexts.remember(key, upside.tls.obj.session, ctx)
         if status != wire.OK:
             upside.close()
             self._refuse("outbound", rec, down,
@@ -511,9 +513,14 @@ class Tunnel:
         seen: dict[int, tuple[int, float]] = {}
         loop = asyncio.get_running_loop()
         period = max(0.05, min(5.0, self.config.idle_timeout / 4))
+        last_refresh = loop.time()
         while True:
             await asyncio.sleep(period)
             now = loop.time()
+            if now - last_refresh > CERT_REFRESH_SECONDS:
+                last_refresh = now     # renewed certificates of the identities served here
+                with contextlib.suppress(Exception):
+                    await self.contexts.prepare(self.state.local_identities)
             live = {}
             for entry in list(self._open):
                 rec, a, b = entry

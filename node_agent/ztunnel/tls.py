@@ -41,36 +41,48 @@ class Contexts:
     def __init__(self, certs: CertSource, *, session_ttl: float = 3600.0,
                  on_sni_refused=None) -> None:
         self._certs = certs
-        self._client: dict[str, tuple[int, ssl.SSLContext]] = {}
+        # identity -> (serial, context, last asked, renew-after time)
+        self._client: dict[str, tuple[int, ssl.SSLContext, float, float]] = {}
         self._server: dict[str, tuple[int, ssl.SSLContext]] = {}
         self._sni: dict[str, str] = {}
         self._bundle: bytes | None = None
         self._base: ssl.SSLContext | None = None
-        self._sessions: dict[tuple, tuple[float, ssl.SSLSession]] = {}
+        self._sessions: dict[tuple, tuple[float, ssl.SSLSession, ssl.SSLContext]] = {}
         self._session_ttl = session_ttl
         self._on_sni_refused = on_sni_refused or (lambda reason: None)
 
     # ------------------------------------------------------------------ client side
     async def client(self, identity: str) -> ssl.SSLContext:
-        cert = await self._certs.get(identity)
+        """The context presenting `identity`. The certificate source is asked again at most
+        every `recheck` seconds (it may live on another thread's loop), and always once the
+        certificate is past its half-life or expired."""
+        now = time.time()
         have = self._client.get(identity)
+        if have is not None and now - have[2] < self.recheck and now < have[3]:
+            return have[1]
+        cert = await self._certs.get(identity)
         if have is None or have[0] != cert.serial:
-            have = (cert.serial, ssl_context(cert, server=False))
-            self._client[identity] = have
+            have = (cert.serial, ssl_context(cert, server=False), now,
+                    (cert.not_before + cert.not_after) / 2)
+        else:
+            have = (have[0], have[1], now, have[3])
+        self._client[identity] = have
         return have[1]
 
-    def session(self, key: tuple) -> ssl.SSLSession | None:
+    recheck = 5.0
+
+    def session(self, key: tuple, ctx: ssl.SSLContext) -> ssl.SSLSession | None:
         entry = self._sessions.get(key)
         if entry is None:
             return None
-        if time.monotonic() - entry[0] > self._session_ttl:
-            del self._sessions[key]
+        if time.monotonic() - entry[0] > self._session_ttl or entry[2] is not ctx:
+            del self._sessions[key]        # expired, or issued to a context since replaced
             return None
         return entry[1]
 
-    def remember(self, key: tuple, session: ssl.SSLSession | None) -> None:
+    def remember(self, key: tuple, session: ssl.SSLSession | None, ctx: ssl.SSLContext) -> None:
         if session is not None:
-            self._sessions[key] = (time.monotonic(), session)
+            self._sessions[key] = (time.monotonic(), session, ctx)
 
     def forget(self, key: tuple) -> None:
         self._sessions.pop(key, None)

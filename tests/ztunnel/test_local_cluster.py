@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from node_agent.ztunnel.localmesh import LocalMesh
+from node_agent.ztunnel.localmesh import LocalMesh, uninstall_capture
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -132,3 +132,4 @@ def test_mesh_on_a_local_cluster(make_cluster, tmp_path):
         assert 'reason="policy"' in metrics
     finally:
         mesh.stop()
+        uninstall_capture(cluster)

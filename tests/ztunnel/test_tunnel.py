@@ -170,3 +170,25 @@ def test_same_node_splice_forwards_in_the_kernel_without_losing_the_tail(tmp_pat
             assert logs[0]["bytes_sent"] == len(payload)
             assert logs[0]["bytes_received"] == len(payload) + 5
     run(go())
+
+
+def test_a_renewed_client_certificate_is_used_and_old_sessions_are_not(tmp_path):
+    async def go():
+        async with running_mesh(tmp_path, placements=PLACEMENTS) as mesh:
+            await mesh.pod(SRV_A.ip)
+            await mesh.apply(snap(services=(service("srv", "127.0.20.1", [SRV_A]),)))
+            contexts = mesh.tunnels["node0"].contexts
+            contexts.recheck = 0.0
+            for _ in range(2):
+                r, w = await mesh.connect(CLIENT.ip, ("127.0.20.1", 80))
+                assert (await exchange(r, w)).endswith(b"hello<eof>")
+            manager = mesh.managers[0]
+            old = (await manager.get(CLIENT.identity)).serial
+            manager.retain([OTHER.identity, LOCAL_SRV.identity])   # the client's cert dropped
+            assert (await manager.get(CLIENT.identity)).serial != old  # and fetched anew
+            r, w = await mesh.connect(CLIENT.ip, ("127.0.20.1", 80))
+            assert (await exchange(r, w)).endswith(b"hello<eof>")
+            out = mesh.access("node0")
+            assert [e["tls_resumed"] for e in out] == [False, True, False]
+            assert {e["decision"] for e in out} == {"allow"}
+    run(go())
