@@ -430,3 +430,48 @@ class Datapath:
             finally:
                 os.close(fd)
         return out
+
+
+def detach_orphaned_sockops(cgroup: str | None = None) -> list[int]:
+    """Detach sockops programs of ours (`lw_sockops`) that hang on the cgroup-v2 root although
+    no cluster's pin refers to them any more — what an agent killed before `uninstall()` and a
+    teardown that only removed pins would leave, counting every socket on the host forever.
+
+    Safe beside running clusters: the loader pins before it attaches, so an attached program of
+    a live cluster is always pinned. Returns the program ids it detached."""
+    import glob
+
+    from node_agent.bpf.syscall import prog_detach, prog_query
+
+    BPF_CGROUP_SOCK_OPS = 3
+
+    root = cgroup or attach.cgroup2_root()
+    pinned = set()
+    for path in glob.glob(f"{pins.BPFFS}/lw-*/*/prog_*"):
+        try:
+            fd = obj_get(path)
+        except OSError:
+            continue
+        try:
+            pinned.add(prog_info(fd)[0])
+        finally:
+            os.close(fd)
+    detached = []
+    cg = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for prog_id in prog_query(target_fd=cg, attach_type=BPF_CGROUP_SOCK_OPS):
+            if prog_id in pinned:
+                continue
+            try:
+                fd = prog_get_fd_by_id(prog_id)
+            except OSError:
+                continue
+            try:
+                if prog_info(fd)[1] == "lw_sockops":
+                    prog_detach(target_fd=cg, prog_fd=fd, attach_type=BPF_CGROUP_SOCK_OPS)
+                    detached.append(prog_id)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(cg)
+    return detached

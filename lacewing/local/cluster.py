@@ -201,6 +201,24 @@ class LocalCluster:
         if pid:
             _terminate(pid, grace=15.0)
             removed.append(f"supervisor (pid {pid})")
+        record = self.store.read_cluster() or {}
+        # The node agents' eBPF programs: a cgroup attachment outlives pins and namespaces, so
+        # detach through the datapath itself (safe when nothing is there), then sweep what a
+        # crashed agent of any cluster left attached with no pin.
+        from node_agent.datapath import Datapath, DatapathError, detach_orphaned_sockops
+
+        if self.names.bpf_dir.is_dir():
+            for node_dir in sorted(p for p in self.names.bpf_dir.iterdir() if p.is_dir()):
+                try:
+                    # A namespace that is gone is skipped by uninstall (never the host's own).
+                    Datapath(self.name, node_dir.name,
+                             netns=self.names.node_ns(node_dir.name)).uninstall()
+                    removed.append(f"eBPF datapath of {node_dir.name}")
+                except (DatapathError, OSError) as exc:
+                    removed.append(f"eBPF datapath of {node_dir.name} (partly: {exc})")
+        with contextlib.suppress(OSError):
+            if orphans := detach_orphaned_sockops():
+                removed.append(f"{len(orphans)} orphaned sockops program(s)")
         owned = [ns for ns in netns.list_netns() if self.names.owns_netns(ns)]
         # Anything still running inside our namespaces was started by this cluster.
         for ns in owned:
@@ -213,7 +231,6 @@ class LocalCluster:
             removed.append(f"{len(owned)} network namespaces")
         for etc in NETNS_ETC.glob(f"{self.names.prefix}*") if NETNS_ETC.is_dir() else []:
             shutil.rmtree(etc, ignore_errors=True)
-        record = self.store.read_cluster() or {}
         if self.names.bpf_dir.exists():
             shutil.rmtree(self.names.bpf_dir, ignore_errors=True)
             removed.append(str(self.names.bpf_dir))

@@ -320,3 +320,45 @@ def test_runtime_objects_mirror_pods_for_the_control_plane(make_cluster, tmp_pat
     web = [p for p in by_kind["Pod"] if p["metadata"]["labels"].get("app") == "web"]
     assert all(p["status"]["conditions"] == [{"type": "Ready", "status": "True"}] for p in web)
     assert {p["status"]["hostIP"] for p in web} == {"172.18.0.10", "172.18.0.11"}
+
+
+def test_down_detaches_the_node_agents_programs(make_cluster, tmp_path):
+    """The sockops program sits on the host's cgroup-v2 root: removing pins and namespaces
+    would leave it attached, running for every socket on the host. `down` detaches it."""
+    from node_agent.bpf import attach, pins
+    from node_agent.bpf.syscall import obj_get, prog_info, prog_query
+
+    cluster = make_cluster(nodes=2)
+    # A node agent installs its datapath once a pod of its node is enrolled.
+    cluster.label("namespace", "default", {"lacewing.dev/dataplane-mode": "ambient"})
+    cluster.apply([_write(tmp_path, "web.yaml", WEB)])
+    deadline = time.monotonic() + 60
+    paths = [Path(pins.prog_path(cluster.name, n, "sockops")) for n in ("node0", "node1")]
+    while not all(p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(p.exists() for p in paths), "the node agents did not install their datapath"
+    ids = set()
+    for p in paths:
+        fd = obj_get(str(p))
+        ids.add(prog_info(fd)[0])
+        os.close(fd)
+    root = attach.cgroup2_root()
+
+    def attached() -> set[int]:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return set(prog_query(target_fd=fd, attach_type=3))  # BPF_CGROUP_SOCK_OPS
+        finally:
+            os.close(fd)
+
+    assert ids <= attached()
+    # Agents that crash (SIGKILL: no chance to clean up) leave their programs attached ...
+    for c in cluster.status()["components"]:
+        if c["kind"] in ("node-agent", "supervisor") and c["pid"]:
+            os.kill(c["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    assert ids <= attached()
+    # ... and `down` still removes them.
+    cluster.down()
+    assert not ids & attached()
+    assert not cluster.names.bpf_dir.exists()
