@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import random
 import ssl
@@ -540,10 +541,85 @@ class ClusterState:
             c.close()
 
 
+# --- timeouts -------------------------------------------------------------------------------
+
+
+class Deadline:
+    """One armed timeout: when it passes, its task is cancelled and `fired` is set."""
+
+    __slots__ = ("when", "seq", "task", "fired")
+
+    def __init__(self, when: float, seq: int, task: asyncio.Task) -> None:
+        self.when, self.seq, self.task, self.fired = when, seq, task, False
+
+    def __lt__(self, other: Deadline) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+    def disarm(self) -> None:
+        self.task = None
+
+
+class Deadlines:
+    """Route and per-try timeouts for every request, on one loop timer.
+
+    `asyncio.timeout`/`wait_for` cost a timer (and `wait_for` a task) per request; here an
+    armed deadline is a heap entry, disarming it is clearing a field, and one timer runs at
+    the earliest deadline (at most every `resolution_s`). Equal route timeouts arrive in
+    deadline order, so the timer is rarely moved.
+    """
+
+    def __init__(self, *, resolution_s: float = 0.001) -> None:
+        self.heap: list[Deadline] = []
+        self.seq = 0
+        self.handle: asyncio.TimerHandle | None = None
+        self.armed_at = float("inf")
+        self.resolution_s = resolution_s
+
+    def arm(self, delay_s: float) -> Deadline:
+        loop = asyncio.get_running_loop()
+        self.seq += 1
+        d = Deadline(loop.time() + delay_s, self.seq, asyncio.current_task())
+        heapq.heappush(self.heap, d)
+        if d.when < self.armed_at:
+            self._schedule(loop, d.when)
+        return d
+
+    def _schedule(self, loop, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed_at = when
+        self.handle = loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.armed_at = float("inf")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self.heap
+        while heap and heap[0].when <= now:
+            d = heapq.heappop(heap)
+            if d.task is not None:
+                d.fired = True
+                d.task.cancel()
+                d.task = None
+        while heap and heap[0].task is None:   # drop disarmed ones at the front
+            heapq.heappop(heap)
+        if heap:
+            self._schedule(loop, max(heap[0].when, now + self.resolution_s))
+
+    def expired(self, d: Deadline) -> bool:
+        """After a CancelledError: was it this deadline? (Then the cancel is ours; undo it.)"""
+        if d.fired:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return True
+        return False
+
+
 # --- the request pipeline -------------------------------------------------------------------
 
 _bits = random.getrandbits
-_NO_TIMEOUT = contextlib.nullcontext()
 
 
 def _request_id() -> str:
@@ -600,6 +676,7 @@ class Waypoint:
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
         self._retry_cache: dict[int, retry.RetryPolicy] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.deadlines = Deadlines()
         self.update(snapshot)
 
     def update(self, snapshot: WaypointSnapshot) -> None:
@@ -818,8 +895,9 @@ class Waypoint:
         last: Outgoing | None = None
         retries = 0
         holding_retry = False
+        route_deadline = self.deadlines.arm(timeout_s) if timeout_s else None
         try:
-            async with asyncio.timeout(timeout_s) if timeout_s else _NO_TIMEOUT:
+            if True:  # the route timeout covers everything below, retries and backoff included
                 while True:
                     now = self.clock()
                     host = state.pick(now, tried)
@@ -833,13 +911,18 @@ class Waypoint:
                         if not authz_mod.evaluate(wl_policies, a).allowed:
                             return host, self._local(403, "RBAC")
                     tried.append(host.address)
+                    try_deadline = (self.deadlines.arm(policy.per_try_timeout_s)
+                                    if policy.per_try_timeout_s else None)
                     try:
-                        if policy.per_try_timeout_s:
-                            resp = await asyncio.wait_for(
-                                self._try(state, host, payload, head_only),
-                                policy.per_try_timeout_s)
-                        else:
+                        try:
                             resp = await self._try(state, host, payload, head_only)
+                        except asyncio.CancelledError:
+                            if try_deadline is not None and self.deadlines.expired(try_deadline):
+                                raise TimeoutError from None
+                            raise
+                        finally:
+                            if try_deadline is not None:
+                                try_deadline.disarm()
                         outcome: int | str = resp.status
                         last = Outgoing(resp.status, [(n, v) for n, v in resp.headers
                                                       if n not in http1.HOP_BY_HOP],
@@ -868,9 +951,13 @@ class Waypoint:
                     holding_retry = True
                     retries += 1
                     await asyncio.sleep(policy.backoff_s(retries, self.rng))
-        except TimeoutError:
-            return host, self._local(504, "UT")
+        except asyncio.CancelledError:
+            if route_deadline is not None and self.deadlines.expired(route_deadline):
+                return host, self._local(504, "UT")
+            raise
         finally:
+            if route_deadline is not None:
+                route_deadline.disarm()
             counters.requests -= 1
             if holding_retry:
                 counters.retries -= 1
