@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from control.api import mesh_pb2
@@ -80,6 +82,12 @@ class Packed:
 
     def as_any(self) -> any_pb2.Any:
         return any_pb2.Any(type_url=self.type_url, value=self.payload)
+
+    @cached_property
+    def resource(self) -> discovery_pb2.Resource:
+        """The xDS `Resource` message, built once and copied into every response."""
+        return discovery_pb2.Resource(name=self.name, version=self.version,
+                                      resource=self.as_any())
 
 
 def resource_name(obj: Any) -> str:

@@ -143,7 +143,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         while True:
             resp = await client.queue.get()
             self.metrics.pushes.labels(type=SHORT_NAMES.get(resp.type_url, resp.type_url)).inc()
-            self.metrics.pushed_bytes.inc(resp.ByteSize())
+            self.metrics.pushed_bytes.inc(client.session.sizes.pop(resp.nonce, 0))
             await context.write(resp)
             if client.behind and client.queue.empty():
                 client.behind = False

@@ -83,6 +83,7 @@ class DeltaSession:
         self.last_push: float | None = None
         self.last_ack: float | None = None
         self.acks: list[Ack] = []  # drained by the server after each call
+        self.sizes: dict[str, int] = {}  # nonce -> bytes, taken by the server for its metrics
         self.computed_version = ""  # catalog version up to which responses were computed
         self.acked_version = ""     # catalog version the client has confirmed holding all of
 
@@ -121,8 +122,7 @@ class DeltaSession:
                 if rej.version == version:
                     continue  # still the rejected version: keep it out
                 del st.rejected[name]
-            resources.append(discovery_pb2.Resource(name=name, version=version,
-                                                    resource=entry.packed.as_any()))
+            resources.append(entry.packed.resource)
             sent[name] = version
         if not resources and not removed and not full:
             return None
@@ -139,8 +139,10 @@ class DeltaSession:
         st.pending[nonce] = _Sent(sent, catalog.version_info, started_at, now)
         if len(st.pending) > MAX_PENDING:  # a client that never ACKs: forget the oldest
             st.pending.pop(next(iter(st.pending)))
+        size = resp.ByteSize()
+        self.sizes[nonce] = size
         self.pushes += 1
-        self.bytes_sent += resp.ByteSize()
+        self.bytes_sent += size
         self.last_push = now
         return resp
 
