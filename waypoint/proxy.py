@@ -555,8 +555,6 @@ class Deadline:
     def __lt__(self, other: Deadline) -> bool:
         return (self.when, self.seq) < (other.when, other.seq)
 
-    def disarm(self) -> None:
-        self.task = None
 
 
 class Deadlines:
@@ -574,6 +572,18 @@ class Deadlines:
         self.handle: asyncio.TimerHandle | None = None
         self.armed_at = float("inf")
         self.resolution_s = resolution_s
+        self.dead = 0        # disarmed entries still in the heap
+
+    def disarm(self, d: Deadline) -> None:
+        if d.task is None:
+            return
+        d.task = None
+        self.dead += 1
+        # Keep memory proportional to live deadlines, not to rate × timeout.
+        if self.dead > 4096 and self.dead * 2 > len(self.heap):
+            self.heap = [x for x in self.heap if x.task is not None]
+            heapq.heapify(self.heap)
+            self.dead = 0
 
     def arm(self, delay_s: float) -> Deadline:
         loop = asyncio.get_running_loop()
@@ -602,8 +612,11 @@ class Deadlines:
                 d.fired = True
                 d.task.cancel()
                 d.task = None
+            else:
+                self.dead -= 1
         while heap and heap[0].task is None:   # drop disarmed ones at the front
             heapq.heappop(heap)
+            self.dead -= 1
         if heap:
             self._schedule(loop, max(heap[0].when, now + self.resolution_s))
 
@@ -922,7 +935,7 @@ class Waypoint:
                             raise
                         finally:
                             if try_deadline is not None:
-                                try_deadline.disarm()
+                                self.deadlines.disarm(try_deadline)
                         outcome: int | str = resp.status
                         last = Outgoing(resp.status, [(n, v) for n, v in resp.headers
                                                       if n not in http1.HOP_BY_HOP],
@@ -957,7 +970,7 @@ class Waypoint:
             raise
         finally:
             if route_deadline is not None:
-                route_deadline.disarm()
+                self.deadlines.disarm(route_deadline)
             counters.requests -= 1
             if holding_retry:
                 counters.retries -= 1
