@@ -194,9 +194,13 @@ class UpstreamConn(asyncio.Protocol):
             transport.abort()
             return
         self._reply = wire.ReplyReader()
+        # The source is this connection's own address (unique per connection), as a node
+        # tunnel's would be for a pod: the waypoint's IP and the local port of this socket.
+        local = transport.get_extra_info("sockname")
+        port = local[1] if local else self.tunnel.source_port
         transport.write(wire.encode_header(wire.TunnelHeader(
             wire.Address(self.host.ip, self.host.port),
-            wire.Address(self.tunnel.source_ip, self.tunnel.source_port))))
+            wire.Address(self.tunnel.source_ip, port))))
 
     def _tunnel_reply(self, data: bytes) -> None:
         from node_agent.ztunnel import wire
