@@ -200,3 +200,28 @@ async def test_kubernetes_mode_end_to_end_from_a_kubeconfig_to_a_node(kmock, tmp
         await asyncio.gather(task, return_exceptions=True)
         await plane.stop()
         api.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_bookmark_moves_the_resource_version_the_next_watch_starts_from(kmock):
+    served = {"n": 0}
+
+    def first_pod_watch(req) -> bool:
+        return req.action == kmock.action.WATCH and req.resource == PODS and served["n"] == 0
+
+    def bookmark_then_end(req):
+        served["n"] += 1
+        event = {"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1",
+                                                "metadata": {"resourceVersion": "4242"}}}
+        return json.dumps(event).encode() + b"\n"  # then the server ends this watch
+
+    kmock[first_pod_watch] << bookmark_then_end
+    async with Harness(kmock) as h:
+        def pod_watches():
+            return [req for req in kmock[kmock.action.WATCH] if req.resource == PODS]
+        await eventually(lambda: len(pod_watches()) >= 2, what="a second pod watch")
+        watches = pod_watches()
+        assert watches[1].params.get("resourceVersion") == "4242"
+        assert h.source.lists["Pod"] == 1  # a bookmark is not a reason to relist
+        assert not h.compiler.workloads  # and it carries no object
