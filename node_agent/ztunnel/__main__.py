@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ca-dir", required=True, help="CA directory (cacerts layout)")
     ap.add_argument("--inbound-address", default="0.0.0.0",
                     help="address of the :15008 listener (the node's underlay address)")
+    ap.add_argument("--listen-address", default="0.0.0.0",
+                    help="address of the capture listeners and readiness")
+    ap.add_argument("--outbound-port", type=int, default=15001)
+    ap.add_argument("--plaintext-port", type=int, default=15006)
+    ap.add_argument("--inbound-port", type=int, default=15008)
+    ap.add_argument("--ready-port", type=int, default=15021)
     ap.add_argument("--metrics-port", type=int, default=15020)
     ap.add_argument("--access-log", default="-", help="file, '-' for stderr, 'off'")
     ap.add_argument("--no-transparent", action="store_true")
@@ -52,10 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     ca = CertificateAuthority.load_or_generate(args.ca_dir)
     registry = CollectorRegistry()
     if args.metrics_port:
-        start_http_server(args.metrics_port, registry=registry)
+        start_http_server(args.metrics_port, addr=args.listen_address, registry=registry)
     log_stream = None if args.access_log == "off" else (
         sys.stderr if args.access_log == "-" else open(args.access_log, "a", buffering=1))
-    config = TunnelConfig(inbound_addr=(args.inbound_address, 15008),
+    la = args.listen_address
+    config = TunnelConfig(outbound_addr=(la, args.outbound_port),
+                          plaintext_addr=(la, args.plaintext_port),
+                          readiness_addr=(la, args.ready_port),
+                          inbound_addr=(args.inbound_address, args.inbound_port),
+                          tunnel_port=args.inbound_port,
                           transparent=not args.no_transparent,
                           resumption=not args.no_resumption, idle_timeout=args.idle_timeout,
                           splice=args.splice,

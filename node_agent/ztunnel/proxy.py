@@ -45,6 +45,7 @@ from node_agent.ztunnel.tls import CertSource, Contexts, TlsConnection
 log = logging.getLogger("lacewing.ztunnel")
 IP_TRANSPARENT = 19
 IP_FREEBIND = 15
+IP_BIND_ADDRESS_NO_PORT = 24
 CERT_REFRESH_SECONDS = 30.0
 
 
@@ -290,6 +291,8 @@ class Tunnel:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if source_ip is not None and self.config.transparent:
                 sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                # the port is chosen at connect() by the 4-tuple, not here by a bind-table scan
+                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((source_ip, 0))
             async with asyncio.timeout(self.config.connect_timeout):
                 await loop.sock_connect(sock, (target.ip, target.port))
@@ -386,7 +389,9 @@ class Tunnel:
                 if upside.eof or upside.lost:
                     raise ConnectionResetError("the peer tunnel closed before replying")
         status, why, rest = got
-        if self.config.resumption and upside.tls.obj.session is not None:
+        if self.config.resumption and not upside.tls.resumed:
+            # a full handshake: keep its ticket (reading `session` costs; resumed ones keep
+            # the ticket they used, which stays valid)
             key, ctx = upside.session_key
             self.contexts.remember(key, upside.tls.obj.session, ctx)
         if status != wire.OK:
