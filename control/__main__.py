@@ -64,8 +64,15 @@ async def amain(args: argparse.Namespace) -> int:
     except CaConfigError as exc:
         print(f"control: {exc}", file=sys.stderr)
         return 2
+    try:
+        sources = build_sources(args)
+    except Exception as exc:  # noqa: BLE001 - kubeconfig/in-cluster problems: say so, exit
+        where = args.kubeconfig or ("the in-cluster service account" if args.in_cluster else "")
+        print(f"control: cannot configure the Kubernetes client from {where}: {exc}; check the "
+              "file (or run inside a pod with a service account)", file=sys.stderr)
+        return 2
     host, _, port = args.metrics_address.rpartition(":")
-    plane = ControlPlane(ca=ca, sources=build_sources(args), grpc_address=args.grpc_address,
+    plane = ControlPlane(ca=ca, sources=sources, grpc_address=args.grpc_address,
                          metrics_host=host.strip("[]") or "0.0.0.0", metrics_port=int(port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
