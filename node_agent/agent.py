@@ -66,6 +66,7 @@ class NodeAgent:
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task] = []
         self._prefetch: set[asyncio.Task] = set()
+        self._wanted: set[str] = set()
         self.subscribe(self._follow_identities)
 
     @property
@@ -79,8 +80,11 @@ class NodeAgent:
 
     def _follow_identities(self, snapshot: NodeSnapshot) -> None:
         wanted = {w.identity for w in snapshot.local_workloads() if w.enrolled and w.identity}
+        if wanted == self._wanted:
+            return  # most updates are about other nodes' pods
+        new, self._wanted = wanted - self._wanted, wanted
         self.certs.retain(wanted)
-        for ident in wanted:
+        for ident in new:
             task = asyncio.get_running_loop().create_task(self._fetch(ident))
             self._prefetch.add(task)
             task.add_done_callback(self._prefetch.discard)
