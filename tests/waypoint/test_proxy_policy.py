@@ -58,12 +58,13 @@ def pki(tmp_path_factory):
 
     wp_chain, wp_key = issue("waypoint")
     clients = {sa: client_context(*issue(sa), bundle) for sa in ("alice", "bob", "mallory")}
-    return server_context(wp_chain, wp_key, bundle), clients
+    alice_h2 = client_context(*issue("alice"), bundle, alpn=("h2",))
+    return server_context(wp_chain, wp_key, bundle), clients, alice_h2
 
 
 @pytest.fixture
 def secured(backends, waypoint_for, pki):
-    server_ctx, clients = pki
+    server_ctx, clients, _ = pki
     v1 = backends(("v1", Behaviour()))
     wp = waypoint_for([service_dict(v1)], POLICIES, ssl_context=server_ctx)
     return wp, clients
@@ -118,7 +119,7 @@ def test_clients_without_a_mesh_certificate_are_refused(secured):
 
 
 def test_sidecar_selector_policy_is_enforced_for_its_workload(backends, waypoint_for, pki):
-    server_ctx, clients = pki
+    server_ctx, clients, _ = pki
     v2 = backends(("v2", Behaviour()))
     wp = waypoint_for([service_dict(v2)], POLICIES, ssl_context=server_ctx)
     status, _, body = get(wp.port, "/x", host="web", method="DELETE", context=clients["alice"])
@@ -136,3 +137,41 @@ def test_metrics_label_mutual_tls_and_principals(secured):
     assert 'connection_security_policy="mutual_tls"' in line
     assert 'source_principal="cluster.local/ns/demo/sa/alice"' in line
     assert 'reporter="waypoint"' in line and 'destination_version="v1"' in line
+
+
+def test_http2_over_mutual_tls_by_alpn_carries_the_principal(secured, pki):
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    wp, _ = secured
+    ctx = pki[2]                      # alice, offering only h2 by ALPN
+    raw = socket.create_connection(("127.0.0.1", wp.port), timeout=10)
+    sock = ctx.wrap_socket(raw)
+    assert sock.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    statuses = {}
+    for path in ("/ok", "/admin"):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                (":authority", "web")], end_stream=True)
+        statuses[sid] = None
+    sock.sendall(conn.data_to_send())
+    ended = 0
+    try:
+        while ended < 2:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    statuses[ev.stream_id] = dict(ev.headers)[b":status"]
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended += 1
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    assert sorted(statuses.values()) == [b"200", b"403"]   # /admin: the DENY policy
