@@ -225,3 +225,38 @@ async def test_a_bookmark_moves_the_resource_version_the_next_watch_starts_from(
         assert watches[1].params.get("resourceVersion") == "4242"
         assert h.source.lists["Pod"] == 1  # a bookmark is not a reason to relist
         assert not h.compiler.workloads  # and it carries no object
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_an_api_server_that_is_down_at_first_is_retried_with_backoff():
+    from tests.control.helpers import free_port
+
+    port = free_port()
+    cfg = k8s.Configuration(host=f"http://127.0.0.1:{port}")
+    cfg.connection_pool_maxsize = 32
+    api = k8s.ApiClient(cfg)
+    followed = tuple(f for f in FOLLOWED if f.kind in ("Pod", "Node"))
+    source = KubernetesSource(api, followed=followed, backoff=Backoff(initial=0.05, maximum=0.2))
+    state, catalog = ClusterState(), Catalog()
+    writer = Writer(state=state, compiler=Compiler(state, catalog), catalog=catalog,
+                    sources={source.name})
+    tasks = [asyncio.create_task(writer.run()), asyncio.create_task(source.run(writer.queue))]
+    try:
+        await eventually(lambda: source.errors >= 2, what="failed attempts while it is down")
+        assert not catalog.ready  # nothing is served from a source that never listed
+        async with kmock.KubernetesEmulator() as server:
+            server.resources["v1/pods"] = {}
+            server.resources["v1/nodes"] = {}
+            server.objects[PODS, "shop", "a"] = pod_body("a")
+            async with kmock.Server(server, port=port):
+                await eventually(lambda: catalog.ready and "shop/a" in writer.compiler.workloads,
+                                 what="sync once the API server is up")
+                for t in reversed(tasks):
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        api.close()
