@@ -7,7 +7,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from control.api import mesh_pb2
-from control.catalog import Catalog
+from control.catalog import Catalog, Change
 from control.compiler import Compiler
 from control.objects import ALL_KINDS, Delete, Key, Replace, Upsert, key_of
 from control.snapshots import node_snapshot, waypoint_snapshot
@@ -207,3 +207,38 @@ def test_l7_resources_go_only_to_the_waypoint_in_front_of_their_service():
     comp.update(state.apply(Upsert(Key("Namespace", "", "shop"), namespace("shop"))))
     [gone] = s.on_change(seen[-1], catalog, now=1)
     assert list(gone.removed_resources) == ["shop/db"] and not gone.resources
+
+
+def test_nothing_is_served_until_every_source_has_synced():
+    from control.writer import Synced, Writer
+
+    state, catalog = ClusterState(), Catalog()
+    writer = Writer(state=state, compiler=Compiler(state, catalog), catalog=catalog,
+                    sources={"config", "runtime"})
+    s = DeltaSession(role="node")
+    # A node that reconnects early, holding a workload: it must not be told to drop it.
+    held = {"shop/a": "v-old"}
+    assert s.on_request(request(r.WORKLOAD, initial_resource_versions=held), catalog, now=0) == []
+    writer.apply_batch([Replace(frozenset({"Namespace"}), {key_of(namespace("shop")):
+                                                           namespace("shop")}),
+                        Synced("config")])
+    assert not catalog.ready
+    assert s.on_change(Change(1, {r.WORKLOAD: frozenset({"shop/a"})}), catalog, now=1) == []
+    a = pod("shop", "a", node_name="n", ip="10.0.0.1")
+    writer.apply_batch([Replace(frozenset({"Pod"}), {key_of(a): a}), Synced("runtime")])
+    assert catalog.ready
+    [resp] = s.on_ready(catalog, now=2)
+    assert [x.name for x in resp.resources] == ["shop/a"] and not resp.removed_resources
+
+
+def test_a_nack_without_details_rejects_the_whole_response():
+    _, catalog, _ = compiled(namespace("shop"),
+                             *[pod("shop", f"p{i}", node_name="n", ip=f"10.0.0.{i + 1}")
+                               for i in range(2)])
+    s = DeltaSession(role="node")
+    [resp] = s.on_request(request(r.WORKLOAD), catalog, now=0)
+    s.on_request(request(r.WORKLOAD, response_nonce=resp.nonce,
+                         error_detail=status_pb2.Status(code=3, message="cannot apply")),
+                 catalog, now=1)
+    assert sorted(x.name for x in s.rejections()) == ["shop/p0", "shop/p1"]
+    assert all(x.reason == "cannot apply" for x in s.rejections())
