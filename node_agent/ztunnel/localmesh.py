@@ -45,13 +45,48 @@ class LocalMesh:
             self.apply(self.resources)
         self.wait_enrolled(timeout=timeout)
 
-    def apply(self, resources: list[dict]) -> None:
+    def apply(self, resources: list[dict], *, timeout: float = 30.0) -> None:
+        """Apply mesh resources and wait until every node agent holds them."""
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
             yaml.safe_dump_all(resources, fh)
         try:
             self.cluster.apply([fh.name])
         finally:
             Path(fh.name).unlink(missing_ok=True)
+        self.wait_config(resources, timeout=timeout)
+
+    def config_dump(self, node: str) -> dict:
+        n = next(x for x in self.cluster.status()["nodes"] if x["name"] == node)
+        out = subprocess.run(netns.nsenter_argv(n["netns"], [
+            sys.executable, "-c",
+            "import urllib.request;print(urllib.request.urlopen("
+            "'http://127.0.0.1:15000/config_dump',timeout=5).read().decode())"]),
+            capture_output=True, text=True, timeout=20, env=netns.clean_env())
+        try:
+            return json.loads(out.stdout)
+        except ValueError:
+            return {}
+
+    def wait_config(self, resources: list[dict], *, timeout: float = 30.0) -> None:
+        """Until each node agent's snapshot carries these PeerAuthentications and
+        AuthorizationPolicies (then a moment for the tunnel's thread to swap its state)."""
+        keys = {"PeerAuthentication": "peerAuthentications",
+                "AuthorizationPolicy": "authorizationPolicies"}
+        want = [(keys[r["kind"]], r["metadata"].get("namespace", "default"), r["metadata"]["name"])
+                for r in resources if r.get("kind") in keys]
+        deadline = time.monotonic() + timeout
+        for node in self.cluster.status()["nodes"]:
+            while True:
+                dump = self.config_dump(node["name"]).get("snapshot") or {}
+                have = {(k, (p.get("metadata") or {}).get("namespace", "default"),
+                         (p.get("metadata") or {}).get("name")) for k in keys.values()
+                        for p in dump.get(k, [])}
+                if all(w in have for w in want):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{node['name']} did not receive {want} in time")
+                time.sleep(0.2)
+        time.sleep(0.5)
 
     def _expected(self) -> dict[str, set[str]]:
         want: dict[str, set[str]] = {}
