@@ -27,10 +27,10 @@ def make_cluster(root_required) -> Iterator:
 
     made: list[LocalCluster] = []
 
-    def factory(*, nodes: int = 2, name: str | None = None) -> LocalCluster:
+    def factory(*, nodes: int = 2, name: str | None = None, mesh: bool = True) -> LocalCluster:
         cluster = LocalCluster(name or unique_cluster_name())
         made.append(cluster)
-        cluster.up(nodes=nodes)
+        cluster.up(nodes=nodes, mesh=mesh)
         return cluster
 
     try:

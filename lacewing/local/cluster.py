@@ -141,8 +141,12 @@ class LocalCluster:
         for node in nodes:
             netns.add_netns(node["netns"])
             i = node["index"]
+            # The fabric routes each node's pods through that node, so pods reach the control
+            # plane (172.18.0.2) and its answers find their way back.
             netns.ip_batch([f"link add n{i} type veth peer name eth0 netns {node['netns']}",
-                            f"link set n{i} master br0", f"link set n{i} up"], netns=fabric)
+                            f"link set n{i} master br0", f"link set n{i} up",
+                            f"route add {node['podCIDR']} via {node['underlayIP']} dev br0"],
+                           netns=fabric)
             lines = ["link set eth0 up", f"addr add {node['underlayIP']}/16 dev eth0",
                      f"addr add {topology.node_gateway_ip(i)}/32 dev lo"]
             for other in nodes:

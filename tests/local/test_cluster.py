@@ -362,3 +362,25 @@ def test_down_detaches_the_node_agents_programs(make_cluster, tmp_path):
     cluster.down()
     assert not ids & attached()
     assert not cluster.names.bpf_dir.exists()
+
+
+def test_pods_reach_the_control_plane_address(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=2, mesh=False)
+    cluster.apply([_write(tmp_path, "web.yaml", WEB)])
+    cluster.wait_ready()
+    fabric = cluster.names.fabric_ns
+    server = subprocess.Popen(netns.nsenter_argv(fabric, ["python3", "-m", "http.server",
+                                                          "--bind", "172.18.0.2", "15099"]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not netns.tcp_probe(fabric, "172.18.0.2", 15099) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pod in cluster.status()["pods"]:
+            out = cluster.exec(f"{pod['namespace']}/{pod['name']}",
+                               ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5",
+                                "http://172.18.0.2:15099/"], capture_output=True, text=True)
+            assert out.stdout == "200", (pod["node"], out.stderr)
+    finally:
+        server.terminate()
+        server.wait()
