@@ -23,7 +23,7 @@ import httptools
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
     "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "host",
-    "http2-settings",
+    "http2-settings", "expect",
 })
 
 REASONS = {
@@ -82,6 +82,7 @@ class RequestReader:
         self._parser = httptools.HttpRequestParser(self)
         self._ready: list[Request] = []
         self._head_raw = 0
+        self.expect_continue = False
         self._reset()
 
     def _reset(self) -> None:
@@ -120,6 +121,9 @@ class RequestReader:
         version = self._parser.get_http_version()
         if version == "1.1" and not hosts:
             raise ProtocolError(400, "missing_host")
+        for n, v in self._headers:
+            if n == "expect" and v.strip().lower() == "100-continue":
+                self.expect_continue = True  # the proxy answers 100 at once (and drops Expect)
 
     def on_body(self, data: bytes) -> None:
         self._body_len += len(data)
@@ -212,7 +216,9 @@ class ResponseReader:
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
-        if self.head_only or self.status in (204, 304) or 100 <= self.status < 200:
+        if 100 <= self.status < 200 and self.status != 101:
+            return  # informational (100 Continue, 103 Early Hints): the real answer follows
+        if self.head_only or self.status in (204, 304):
             self.keep_alive = self._parser.should_keep_alive()
             self.done = True
 
@@ -220,6 +226,11 @@ class ResponseReader:
         self._body.append(data)
 
     def on_message_complete(self) -> None:
+        if 100 <= self.status < 200 and self.status != 101:
+            self.status = 0          # forget the informational answer; wait for the final one
+            self.headers = []
+            self._body = []
+            return
         self.keep_alive = self._parser.should_keep_alive()
         self.done = True
 

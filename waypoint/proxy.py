@@ -1227,6 +1227,10 @@ class Downstream(asyncio.Protocol):
                 return
         try:
             requests = self.reader.feed(data)
+            if self.reader.expect_continue:
+                self.reader.expect_continue = False
+                if not requests:        # the body is still to come: let the client send it
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         except http1.ProtocolError as e:
             self.metrics.protocol_error("http1", e.kind)
             if e.status:

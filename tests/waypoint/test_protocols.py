@@ -203,3 +203,20 @@ def test_fuzz_h2_frames(data):
     s = H2Server()
     s.feed(PREFACE + data, 0)
     s.data_to_send()
+
+
+def test_informational_answers_are_skipped_for_the_final_one():
+    r = ResponseReader()
+    r.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+    assert not r.done
+    r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    resp = r.response()
+    assert r.done and (resp.status, resp.body) == (200, b"ok")
+    assert resp.headers == [("content-length", "2")]
+
+
+def test_expect_continue_is_noticed():
+    r = RequestReader()
+    assert r.feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 3\r\n\r\n") == []
+    assert r.expect_continue

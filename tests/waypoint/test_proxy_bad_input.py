@@ -120,3 +120,24 @@ def test_invalid_h2_frames_get_goaway(wp):
 def test_bad_path_escape_is_400(wp):
     status, _, _ = get(wp.port, "/a%zz", host="web")
     assert status == 400
+
+
+def test_expect_100_continue_gets_100_then_the_answer(wp):
+    import json
+
+    with socket.create_connection(("127.0.0.1", wp.port), timeout=5) as s:
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 5\r\n\r\n")
+        first = s.recv(100)
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    doc = json.loads(body)
+    assert doc["body_bytes"] == 5 and "expect" not in doc["headers"]
