@@ -289,8 +289,9 @@ def serialize_response(status: int, headers: list[tuple[str, str]], body: bytes,
     out = bytearray(f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1"))
     for n, v in headers:
         out += f"{n}: {v}\r\n".encode("latin-1")
-    if status >= 200 and status not in (204, 304):
-        out += b"content-length: %d\r\n" % len(body)
+    if status >= 200 and status not in (204, 304) and not (
+            head and any(n == "content-length" for n, _ in headers)):
+        out += b"content-length: %d\r\n" % len(body)   # (HEAD: the upstream's, kept)
     if not keep_alive:
         out += b"connection: close\r\n"
     out += b"\r\n"

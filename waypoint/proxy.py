@@ -942,7 +942,8 @@ class Waypoint:
                                 self.deadlines.disarm(try_deadline)
                         outcome: int | str = resp.status
                         last = Outgoing(resp.status, [(n, v) for n, v in resp.headers
-                                                      if n not in http1.HOP_BY_HOP],
+                                                      if n not in http1.HOP_BY_HOP
+                                                      or (head_only and n == "content-length")],
                                         resp.body, "-", resp.trailers or None)
                         grpc_code = _grpc_status(last) if state.cluster.h2 else "-"
                     except TimeoutError:

@@ -189,3 +189,12 @@ def test_trace_context_is_propagated_with_a_span_per_request(backends, waypoint_
     _, _, body = get(wp.port, headers={"x-b3-traceid": b3, "x-b3-spanid": "a2fb4a1d1a96d312",
                                        "x-b3-sampled": "1"})
     assert json.loads(body)["headers"]["traceparent"].split("-")[1] == b3
+
+
+def test_head_keeps_the_upstream_length(backends, waypoint_for):
+    backs = backends(("v1", Behaviour()))
+    wp = waypoint_for([service_dict(backs)], "")
+    direct = get(backs[0].port, host="web", method="HEAD")[1]["content-length"]
+    status, headers, head_body = get(wp.port, host="web", method="HEAD")
+    assert status == 200 and head_body == b""
+    assert headers["content-length"] == direct != "0"
