@@ -22,10 +22,20 @@ from pathlib import Path
 
 import yaml
 
-from lacewing.local import netns
 from node_agent.datapath import Datapath
 
 AMBIENT = {"lacewing.dev/dataplane-mode": "ambient"}
+
+
+def _in_node(netns: str, argv: list[str]) -> list[str]:
+    """argv run in a node's network namespace (keeping the host's mounts)."""
+    return ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
+
+
+def _env() -> dict[str, str]:
+    """No proxy settings inside namespaces (docs/PLATFORM: they would capture loopback)."""
+    import os
+    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
 
 
 class LocalMesh:
@@ -57,11 +67,11 @@ class LocalMesh:
 
     def config_dump(self, node: str) -> dict:
         n = next(x for x in self.cluster.status()["nodes"] if x["name"] == node)
-        out = subprocess.run(netns.nsenter_argv(n["netns"], [
+        out = subprocess.run(_in_node(n["netns"], [
             sys.executable, "-c",
             "import urllib.request;print(urllib.request.urlopen("
             "'http://127.0.0.1:15000/config_dump',timeout=5).read().decode())"]),
-            capture_output=True, text=True, timeout=20, env=netns.clean_env())
+            capture_output=True, text=True, timeout=20, env=_env())
         try:
             return json.loads(out.stdout)
         except ValueError:
@@ -135,11 +145,11 @@ class LocalMesh:
 
     def metrics(self, node: str, *, port: int = 15020) -> str:
         n = next(x for x in self.cluster.status()["nodes"] if x["name"] == node)
-        out = subprocess.run(netns.nsenter_argv(n["netns"], [
+        out = subprocess.run(_in_node(n["netns"], [
             sys.executable, "-c",
             f"import urllib.request;print(urllib.request.urlopen("
             f"'http://127.0.0.1:{port}/metrics',timeout=5).read().decode())"]),
-            capture_output=True, text=True, timeout=20, env=netns.clean_env())
+            capture_output=True, text=True, timeout=20, env=_env())
         return out.stdout
 
     def pids(self) -> list[int]:

@@ -46,9 +46,17 @@ class _AgentCerts:
         return await asyncio.wrap_future(fut)
 
 
-def local_veth(cluster: str) -> Callable[[Workload], str]:
-    from lacewing.local.names import ClusterNames
-    return lambda w: ClusterNames.pod_veth(w.namespace, w.name)
+def veth_by_route(workload: Workload) -> str:
+    """The host-side interface of a pod: the one the node routes the pod's address through
+    (`ip route get <pod IP>`), whatever the CNI named it."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        routes = ipr.route("get", dst=workload.ip)
+        if not routes:
+            raise LookupError(f"no route to pod {workload.uid} ({workload.ip}) on this node")
+        index = routes[0].get_attr("RTA_OIF")
+        link = ipr.get_links(index)[0]
+        return link.get_attr("IFLA_IFNAME")
 
 
 class Dataplane:
@@ -58,7 +66,7 @@ class Dataplane:
         self.agent = agent
         self.config = config or TunnelConfig(readiness_addr=None)
         self.capture = capture
-        self.veth_of = veth_of or local_veth(agent.cluster)
+        self.veth_of = veth_of or veth_by_route
         self.telemetry = Telemetry(registry=agent.registry, access_log=access_log)
         self.use_uvloop = use_uvloop
         self.tunnel: Tunnel | None = None
@@ -162,10 +170,16 @@ class Dataplane:
             else:
                 dp.install()
             self.datapath = dp
-        pods = [(Pod(ip=w.ip, veth=self.veth_of(w), name=w.uid,
-                     exclude_outbound_ports=w.exclude_outbound_ports,
-                     exclude_inbound_ports=w.exclude_inbound_ports), w.enrolled)
-                for w in local]
+        pods = []
+        for w in local:
+            try:
+                veth = self.veth_of(w)
+            except (LookupError, OSError) as exc:
+                log.warning("pod %s left out of this sync: %s", w.uid, exc)
+                continue
+            pods.append((Pod(ip=w.ip, veth=veth, name=w.uid,
+                             exclude_outbound_ports=w.exclude_outbound_ports,
+                             exclude_inbound_ports=w.exclude_inbound_ports), w.enrolled))
         self.datapath.sync(pods)
 
 
