@@ -564,8 +564,8 @@ class Tunnel:
                          b"Content-Length: " + str(len(body)).encode() +
                          b"\r\nConnection: close\r\n\r\n" + body)
             await writer.drain()
-        except (TimeoutError, OSError, IndexError):
-            pass
+        except (TimeoutError, OSError, IndexError, ValueError):
+            pass                    # garbage, a line too long, a peer gone: just close
         finally:
             writer.close()
 

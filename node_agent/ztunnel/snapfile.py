@@ -52,17 +52,35 @@ def _service(d: dict[str, Any]) -> Service:
 
 
 def parse(obj: dict[str, Any], *, source: str = "snapshot") -> NodeSnapshot:
+    """Raises SnapshotFileError (and nothing else) for anything that is not a valid file."""
     try:
-        td = obj.get("trust_domain", "cluster.local")
-        workloads = [_workload(w, td) for w in obj.get("workloads", ())]
-        services = [_service(s) for s in obj.get("services", ())]
-        waypoints = [Waypoint(namespace=w["namespace"], name=w["name"], identity=w["identity"],
-                              addresses=tuple(w.get("addresses", ())))
-                     for w in obj.get("waypoints", ())]
-    except (KeyError, TypeError, ValueError) as exc:
+        return _parse(obj, source)
+    except SnapshotFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SnapshotFileError(f"{source}: {type(exc).__name__}: {exc}") from None
+
+
+def _list(obj: dict[str, Any], key: str) -> list:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise SnapshotFileError(f"`{key}` must be a list of objects")
+    return value
+
+
+def _parse(obj: dict[str, Any], source: str) -> NodeSnapshot:
+    if not isinstance(obj, dict):
+        raise SnapshotFileError(f"{source}: the file must hold one JSON object")
+    node, td = obj.get("node"), obj.get("trust_domain", "cluster.local")
+    if not isinstance(node, str) or not node or not isinstance(td, str):
+        raise SnapshotFileError(f"{source}: `node` (and `trust_domain`) must be strings")
+    workloads = [_workload(w, td) for w in _list(obj, "workloads")]
+    services = [_service(s) for s in _list(obj, "services")]
+    waypoints = [Waypoint(namespace=w["namespace"], name=w["name"], identity=w["identity"],
+                          addresses=tuple(w.get("addresses", ())))
+                 for w in _list(obj, "waypoints")]
     authz, peer = [], []
-    for i, res in enumerate(obj.get("resources", ())):
+    for i, res in enumerate(_list(obj, "resources")):
         r, problems = validate_document(Document(source, i, res))
         bad = [p for p in problems if p.kind != "warning"]
         if r is None or bad:
@@ -71,8 +89,12 @@ def parse(obj: dict[str, Any], *, source: str = "snapshot") -> NodeSnapshot:
             authz.append(r)
         elif isinstance(r, PeerAuthentication):
             peer.append(r)
+    for w in workloads:
+        for attr in ("namespace", "name", "node", "ip", "node_ip", "service_account"):
+            if not isinstance(getattr(w, attr), str):
+                raise SnapshotFileError(f"{source}: workload field `{attr}` must be a string")
     return NodeSnapshot(
-        version=str(obj.get("version", "1")), node=obj["node"], trust_domain=td,
+        version=str(obj.get("version", "1")), node=node, trust_domain=td,
         workloads=MappingProxyType({w.uid: w for w in workloads}),
         services=MappingProxyType({s.uid: s for s in services}),
         waypoints=MappingProxyType({f"{w.namespace}/{w.name}": w for w in waypoints}),

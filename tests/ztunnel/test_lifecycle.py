@@ -94,3 +94,21 @@ def test_standalone_process_drains_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_readiness_endpoint_survives_garbage(tmp_path):
+    async def go():
+        async with running_mesh(tmp_path, placements=PLACEMENTS) as mesh:
+            await mesh.apply(lambda n: snapshot(n, [CLIENT, SRV], services=[SVC]))
+            addr = mesh.tunnels["node0"].addresses["readiness"]
+            for junk in (b"\x00\xff" * 50 + b"\r\n\r\n", b"GET\r\n\r\n", b"A" * 100_000 + b"\n",
+                         b"GET /nope HTTP/1.1\r\n\r\n", b""):
+                r, w = await asyncio.open_connection(*addr)
+                w.write(junk)
+                if not junk:
+                    w.write_eof()
+                reply = await asyncio.wait_for(r.read(), 10)
+                assert reply == b"" or reply.startswith(b"HTTP/1.1 404")
+                w.close()
+            assert await ready(addr) == 200
+    asyncio.run(go())
