@@ -178,7 +178,7 @@ class TlsConnection:
         if data:
             self.incoming.write(data)
         chunks = []
-        read = self.obj.read
+        read, obj, incoming = self.obj.read, self.obj, self.incoming
         while True:
             try:
                 chunk = read(READ_SIZE)
@@ -191,6 +191,8 @@ class TlsConnection:
                 self.eof = True
                 break
             chunks.append(chunk)
+            if not incoming.pending and not obj.pending():
+                break       # nothing left to decrypt: skip the read that would raise
         return chunks
 
     def send(self, data: bytes) -> bytes:
