@@ -1,6 +1,7 @@
 """Tier 3: `lacewing waypoint apply` on a local cluster runs the waypoint as a pod of its
-namespace, and that pod follows the cluster's real control plane over xDS: the Service that
-uses it, its endpoints and the VirtualService arrive in its snapshot."""
+namespace; that pod follows the cluster's real control plane over xDS (the Service that uses
+it, its endpoints, routes and policies arrive in its snapshot), and the node tunnels send the
+namespace's traffic through it — the whole product path, nothing hand-made."""
 
 from __future__ import annotations
 
@@ -82,9 +83,6 @@ def test_waypoint_apply_and_delete_a_pod_of_the_namespace(make_cluster, tmp_path
     assert "lacewing.dev/use-waypoint" not in (ns["metadata"].get("labels") or {})
 
 
-@pytest.mark.xfail(strict=True, reason="local mode does not route pod addresses to the control "
-                   "plane on the fabric yet (pods cannot reach 172.18.0.2:15012), so the "
-                   "waypoint pod's xDS stream never connects")
 def test_waypoint_apply_runs_a_pod_that_follows_the_control_plane(make_cluster, tmp_path):
     cluster = make_cluster(nodes=2)
     (tmp_path / "objects.yaml").write_text(OBJECTS)
@@ -106,3 +104,92 @@ def test_waypoint_apply_runs_a_pod_that_follows_the_control_plane(make_cluster, 
     web = snap["services"]["shop/web"]
     assert web["endpoints"] == ["shop/web-v1"] and web["routes"] == 1, snap
     assert snap["virtualServices"] == ["shop/web"]
+
+
+WORKLOADS = "".join([
+    "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    *[f"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: shop}}\n"
+      for sa in ("client", "intruder", "web")],
+])
+
+
+def test_the_product_path_apply_xds_tunnels(make_cluster, tmp_path):
+    """`lacewing waypoint apply --enroll-namespace`, mesh config applied to the cluster, pods
+    enrolled: the control plane pushes the waypoint its snapshot, the node tunnels send the
+    namespace's Service traffic to it, and it routes and authorizes."""
+    from tests.waypoint.test_local_cluster import load, pod, serve
+
+    cluster = make_cluster(nodes=2)
+    (tmp_path / "w.yaml").write_text(WORKLOADS + "".join([
+        pod("client", "node0", "client", ["sleep", "infinity"]),
+        pod("intruder", "node0", "intruder", ["sleep", "infinity"]),
+        pod("web-v1-0", "node1", "web", serve("v1"), {"app": "web", "version": "v1"}),
+        pod("web-v1-1", "node1", "web", serve("v1"), {"app": "web", "version": "v1"}),
+        pod("web-v2-0", "node0", "web", serve("v2"), {"app": "web", "version": "v2"}),
+        """---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web]
+  http:
+  - match: [{headers: {x-user: {exact: tester}}}]
+    route: [{destination: {host: web, subset: v2}}]
+  - route:
+    - {destination: {host: web, subset: v1}, weight: 90}
+    - {destination: {host: web, subset: v2}, weight: 10}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
+"""]))
+    cluster.apply([tmp_path / "w.yaml"])
+    cluster.wait_ready(namespace="shop", min_pods=5, timeout=120)
+    out = lacewing("waypoint", "apply", "-n", "shop", "--enroll-namespace",
+                   "--cluster", cluster.name)
+    assert out.returncode == 0, out.stderr
+    cluster.wait_ready(namespace="shop", min_pods=6, timeout=120)
+    from node_agent.ztunnel.localmesh import LocalMesh
+
+    mesh = LocalMesh(cluster, namespaces=set(), pods={
+        f"shop/{n}" for n in ("client", "intruder", "web-v1-0", "web-v1-1", "web-v2-0")})
+    try:
+        mesh.start()
+        deadline = time.monotonic() + 60
+        snap: dict = {}
+        while time.monotonic() < deadline:
+            snap = fetch_snapshot(cluster)
+            web = snap.get("services", {}).get("shop/web")
+            if web and len(web["endpoints"]) == 3 and web["routes"] == 2 \
+                    and snap.get("authorizationPolicies"):
+                break
+            time.sleep(0.5)
+        vip = next(s for s in cluster.status()["services"] if s["name"] == "web")["clusterIP"]
+        url = f"http://{vip}:80/"
+        split = load(cluster, "client", url, "-n", "2000", "-c", "4")
+        assert split["status"] == {"200": 2000}, split
+        assert abs(split["versions"].get("v2", 0) / 2000 - 0.10) <= 0.03, split["versions"]
+        tester = load(cluster, "client", url, "-n", "50", "-H", "x-user:tester")
+        assert tester["versions"] == {"v2": 50}
+        assert load(cluster, "intruder", url, "-n", "10")["status"] == {"403": 10}
+    finally:
+        mesh.stop()
