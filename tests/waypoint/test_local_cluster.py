@@ -6,8 +6,9 @@ which — told by the control plane that the namespace uses waypoint shop/waypoi
 instance pod's label — sends it over mutual TLS (the client's SVID) to the waypoint pod. The
 waypoint reads the tunnel header (the Service called), applies L7 policy and routes, and
 reaches the chosen endpoint through that endpoint's node tunnel with its own SVID. Every part
-is a real process in its namespace; the waypoint's own snapshot is a bootstrap file, since
-pods cannot reach the control plane on the fabric yet (test_local_apply.py has the xfail).
+is a real process in its namespace. The waypoint pod here gets its snapshot from a bootstrap
+file, so that every setting the assertions depend on is pinned in this file;
+test_local_apply.py covers the same path with the snapshot pushed by the control plane.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ def test_waypoint_behind_node_tunnels(make_cluster, tmp_path):
     cluster.wait_ready(namespace=NS, min_pods=len(MESH_PODS), timeout=120)
     # The waypoint pod: the instance label tells the control plane (and so every node tunnel)
     # where waypoint shop/waypoint is; the namespace label sends the Services' traffic to it.
-    # Its own snapshot comes from a bootstrap file (pods cannot reach the control plane yet).
+    # Its own snapshot comes from a bootstrap file (test_local_apply.py: from the control plane).
     (tmp_path / "waypoint.yaml").write_text(bootstrap(cluster.status()))
     ca_dir = cluster.store.read_cluster()["caDir"]
     (tmp_path / "wp-pod.yaml").write_text(pod(
