@@ -193,3 +193,87 @@ spec:
         assert load(cluster, "intruder", url, "-n", "10")["status"] == {"403": 10}
     finally:
         mesh.stop()
+
+
+GRPC_SERVER = """
+import os, grpc
+from concurrent import futures
+name = os.environ["POD_NAME"].encode()
+def say(request, context):
+    return name + b":" + request
+h = grpc.method_handlers_generic_handler("lacewing.test.Echo", {
+    "Say": grpc.unary_unary_rpc_method_handler(say)})
+s = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=(h,))
+s.add_insecure_port("0.0.0.0:9090")
+s.start()
+s.wait_for_termination()
+"""
+
+GRPC_CLIENT = """
+import sys, grpc, collections
+ch = grpc.insecure_channel(sys.argv[1])
+say = ch.unary_unary("/lacewing.test.Echo/Say")
+seen = collections.Counter()
+for i in range(int(sys.argv[2])):
+    reply = say(b"hi", timeout=10)
+    seen[reply.split(b":")[0].decode()] += 1
+print(dict(seen))
+"""
+
+
+def test_grpc_through_tunnels_and_waypoint_spreads_per_request(make_cluster, tmp_path):
+    """One gRPC channel (one HTTP/2 connection) from a client pod, through node0's tunnel to
+    the waypoint, and from it over HTTP/2 through the servers' node tunnels: calls spread."""
+    import ast
+
+    from tests.waypoint.test_local_cluster import pod
+
+    cluster = make_cluster(nodes=2)
+    server = [PY, "-c", GRPC_SERVER]
+    (tmp_path / "w.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n" + "".join([
+            *[f"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, "
+              "namespace: shop}\n" for sa in ("client", "echo")],
+            pod("client", "node0", "client", ["sleep", "infinity"]),
+            pod("echo-0", "node1", "echo", server, {"app": "echo"}),
+            pod("echo-1", "node0", "echo", server, {"app": "echo"}),
+            """---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  selector: {app: echo}
+  ports: [{name: grpc, port: 9090, targetPort: 9090}]   # the name says gRPC (Istio's rule)
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: shop}
+spec:
+  host: echo
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+"""]))
+    cluster.apply([tmp_path / "w.yaml"])
+    cluster.wait_ready(namespace="shop", min_pods=3, timeout=120)
+    assert lacewing("waypoint", "apply", "-n", "shop", "--enroll-namespace",
+                    "--cluster", cluster.name).returncode == 0
+    cluster.wait_ready(namespace="shop", min_pods=4, timeout=120)
+    from node_agent.ztunnel.localmesh import LocalMesh
+
+    mesh = LocalMesh(cluster, namespaces=set(),
+                     pods={"shop/client", "shop/echo-0", "shop/echo-1"})
+    try:
+        mesh.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            echo = fetch_snapshot(cluster).get("services", {}).get("shop/echo")
+            if echo and len(echo["endpoints"]) == 2:
+                break
+            time.sleep(0.5)
+        vip = next(s for s in cluster.status()["services"] if s["name"] == "echo")["clusterIP"]
+        out = cluster.exec("shop/client", [PY, "-c", GRPC_CLIENT, f"{vip}:9090", "20"],
+                           capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        seen = ast.literal_eval(out.stdout.strip())
+        assert seen == {"echo-0": 10, "echo-1": 10}
+    finally:
+        mesh.stop()
