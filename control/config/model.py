@@ -105,7 +105,7 @@ class Source:
 
 
 class Resource:
-    """Base of the five resource kinds: `meta`, `spec`, and where it was read from."""
+    """Base of the resource kinds: `meta`, `spec`, and where it was read from."""
 
     GROUP: ClassVar[str]
     KIND: ClassVar[str]
@@ -472,6 +472,60 @@ class RateLimitPolicy(Resource):
     source: Source | None = field(default=None, compare=False, metadata={"skip": True})
 
 
+# --- gateway.networking.k8s.io Gateway (a waypoint's declaration) -------------------------------
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A waypoint listens for HBONE (mTLS tunnel) connections on 15008 and nothing else."""
+
+    name: str
+    port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    gateway_class_name: str = ""  # only `lacewing-waypoint` (rules: anything else is unsupported)
+    listeners: tuple[Listener, ...] = ()
+
+
+WAYPOINT_GATEWAY_CLASS = "lacewing-waypoint"
+WAYPOINT_FOR_LABELS = ("istio.io/waypoint-for", "lacewing.dev/waypoint-for")
+WAYPOINT_FOR_VALUES = ("service", "workload", "all", "none")
+
+
+@dataclass(frozen=True)
+class Gateway(Resource):
+    """A waypoint, declared as Istio declares one: Gateway API `Gateway` with the waypoint class.
+
+    Validated and stored like the other kinds, but not pushed to data planes: the control plane
+    finds a waypoint by its pods (`lacewing.dev/waypoint=<name>`), and an AuthorizationPolicy
+    attaches to it by `targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name}`."""
+
+    GROUP: ClassVar[str] = "gateway.networking.k8s.io"
+    KIND: ClassVar[str] = "Gateway"
+    VERSIONS: ClassVar[tuple[str, ...]] = ("v1", "v1beta1")
+    PREFERRED_VERSION: ClassVar[str] = "v1"
+
+    meta: ObjectMeta = _key("metadata")
+    spec: GatewaySpec = field(default_factory=GatewaySpec)
+    source: Source | None = field(default=None, compare=False, metadata={"skip": True})
+
+    @property
+    def waypoint_for(self) -> str:
+        """Which traffic the waypoint takes (`istio.io/waypoint-for`, Lacewing's label wins)."""
+        for key in reversed(WAYPOINT_FOR_LABELS):
+            if key in self.meta.labels:
+                return self.meta.labels[key]
+        return "service"
+
+
+# The kinds compiled and pushed to node tunnels and waypoints (control/objects.py reads these).
 RESOURCE_KINDS: tuple[type[Resource], ...] = (
     VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RateLimitPolicy,
 )
+# Declarations validated and stored but not compiled: the waypoint's Gateway.
+DECLARATION_KINDS: tuple[type[Resource], ...] = (Gateway,)
+# Every kind `validate` accepts and `support` documents.
+CONFIG_KINDS: tuple[type[Resource], ...] = RESOURCE_KINDS + DECLARATION_KINDS

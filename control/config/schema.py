@@ -6,7 +6,8 @@ of" groups — and its `x-kubernetes-validations` (CEL) rules. What comes next i
 (`control.config.fields`), which knows which of the fields the schema allows Lacewing implements.
 
 The schemas are Istio's own (`schemas/crd-all.gen.yaml`, Apache-2.0, see `schemas/LICENSE`)
-plus Lacewing's (`schemas/lacewing-crds.yaml`); they are read once, on first use. The OpenAPI v3
+plus Lacewing's (`schemas/lacewing-crds.yaml`) and the part of the Gateway API `Gateway` a
+waypoint uses (`schemas/gateway-api-subset.yaml`); they are read once, on first use. The OpenAPI v3
 subset in CRDs is checked with `jsonschema`'s Draft 4 validator (same `exclusiveMinimum`
 rules). CEL is not evaluated by a general interpreter: the rules these schemas use are few,
 and each has a Python equivalent in `_CEL_RULES`; a test checks that every rule in the shipped
@@ -27,7 +28,7 @@ import yaml
 
 from control.config.durations import parse_duration_ns
 
-SCHEMA_FILES = ("crd-all.gen.yaml", "lacewing-crds.yaml")
+SCHEMA_FILES = ("crd-all.gen.yaml", "lacewing-crds.yaml", "gateway-api-subset.yaml")
 
 # ObjectMeta as Kubernetes checks it; CRDs leave `metadata` to the API server.
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -6,8 +6,8 @@ Before: `control.config.loader.load_documents` (or any caller holding `Document`
 beyond the documents given, so local mode's `apply` and the control plane call them freely.
 
 For each document:
-1. envelope — apiVersion and kind name a mesh kind and one of its served versions; other Istio
-   kinds are *unsupported*; Kubernetes workload kinds are passed over (they are not mesh
+1. envelope — apiVersion and kind name a mesh kind (or a waypoint's Gateway API `Gateway`) and
+   one of its served versions; other Istio and Gateway API kinds are *unsupported*; Kubernetes workload kinds are passed over (they are not mesh
    configuration; `analyze` reads them); anything else is *invalid*;
 2. schema — the CRD's openAPIV3Schema and CEL rules (`control.config.schema`);
 3. fields — every key is implemented by the model, or *unsupported*, or unknown (`codec`);
@@ -26,9 +26,10 @@ from typing import Any
 from control.config import codec, rules, schema
 from control.config.errors import INVALID, UNSUPPORTED, WARNING, ConfigError, Problem
 from control.config.loader import Document
-from control.config.model import RESOURCE_KINDS, Resource, Source
+from control.config.model import CONFIG_KINDS, Resource, Source
 
-MESH_KINDS: dict[tuple[str, str], type[Resource]] = {(c.GROUP, c.KIND): c for c in RESOURCE_KINDS}
+# Every kind read into the model: the mesh configuration and the waypoint's Gateway.
+MESH_KINDS: dict[tuple[str, str], type[Resource]] = {(c.GROUP, c.KIND): c for c in CONFIG_KINDS}
 
 # Kubernetes objects that describe workloads, not mesh configuration.
 WORKLOAD_KINDS = frozenset({
@@ -36,8 +37,8 @@ WORKLOAD_KINDS = frozenset({
     ("", "Secret"), ("", "Endpoints"), ("apps", "Deployment"), ("apps", "StatefulSet"),
     ("apps", "DaemonSet"), ("apps", "ReplicaSet"), ("discovery.k8s.io", "EndpointSlice"),
 })
-# Gateway API kinds: a welcome second front end, not implemented yet (Istio's own kinds come
-# from the shipped CRDs).
+# Gateway API kinds: a welcome second front end, not implemented yet but for the waypoint's
+# `Gateway` (a mesh kind above); Istio's own kinds come from the shipped CRDs.
 GATEWAY_API_KINDS = frozenset({
     "Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute",
     "ReferenceGrant", "BackendTLSPolicy",

@@ -421,7 +421,7 @@ def test_authorization_policy_unsupported():
                           "spec.rules[0].from[0].source.requestPrincipals")
     assert_unsupported_at(ap({"rules": [{"when": [{"key": "request.auth.claims[iss]", "values": ["a"]}]}]}),
                           "spec.rules[0].when[0].key")
-    assert_unsupported_at(ap({"targetRef": {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "w"}}),
+    assert_unsupported_at(ap({"targetRef": {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "w"}}),
                           "spec.targetRef.kind")
     assert_unsupported_at(ap({"rules": [{"to": [{"operation": {"paths": ["/api/{*}/x"]}}]}]}),
                           "spec.rules[0].to[0].operation.paths[0]")

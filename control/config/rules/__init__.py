@@ -21,6 +21,7 @@ from typing import Any
 
 from control.config.rules.common import Found, Report, as_dict, metadata_rules
 from control.config.rules.destination_rule import destination_rule
+from control.config.rules.gateway import gateway, gateway_metadata
 from control.config.rules.rate_limit import rate_limit_policy
 from control.config.rules.security import authorization_policy, peer_authentication
 from control.config.rules.virtual_service import virtual_service
@@ -35,10 +36,12 @@ UNSUPPORTED_VALUES: tuple[tuple[str, str, str], ...] = (
     ("VirtualService spec.http[].retries.retryOn", "envoy-ratelimited, retriable-headers, http3-post-connect-failure", "the waypoint does not implement these retry conditions"),
     ("DestinationRule ...loadBalancer.simple", "PASSTHROUGH", "the waypoint always picks an endpoint itself"),
     ("AuthorizationPolicy spec.action", "CUSTOM, AUDIT", "no external authorization or audit provider"),
-    ("AuthorizationPolicy spec.targetRef(s).kind", "ServiceEntry, Gateway", "policies attach to workloads or Services only"),
+    ("AuthorizationPolicy spec.targetRef(s).kind", "ServiceEntry", "policies attach to workloads, Services or waypoints (Gateway) only"),
     ("AuthorizationPolicy ...operation.paths / notPaths", "path templates `{*}`, `{**}`", "template matching is not implemented"),
     ("AuthorizationPolicy spec.rules[].when[].key", "remote.ip, request.auth.*, connection.sni, source.trustDomain, request.experimental.*, experimental.*", "no JWT authentication, no SNI or original-client-address attributes"),
     ("AuthorizationPolicy metadata.annotations", "istio.io/dry-run: \"true\"", "dry-run policies are not implemented; enforcing one would be wrong"),
+    ("Gateway spec.gatewayClassName", "any class but `lacewing-waypoint` (e.g. `istio`, `istio-waypoint`)", "Lacewing is not an ingress gateway; a Gateway declares a waypoint only"),
+    ("Gateway spec.listeners[].protocol, port", "any protocol but HBONE; HBONE on any port but 15008", "a waypoint listens only for the mesh's tunnel, on 15008"),
 )
 
 _KIND_RULES: dict[str, Callable[[dict[str, Any], list[Any], Report], None]] = {
@@ -47,12 +50,15 @@ _KIND_RULES: dict[str, Callable[[dict[str, Any], list[Any], Report], None]] = {
     "PeerAuthentication": peer_authentication,
     "AuthorizationPolicy": authorization_policy,
     "RateLimitPolicy": rate_limit_policy,
+    "Gateway": gateway,
 }
 
 
 def semantic_problems(kind: str, obj: dict[str, Any]) -> Found:
     report = Report()
     metadata_rules(kind, obj, report)
+    if kind == "Gateway":
+        gateway_metadata(obj, report)
     check = _KIND_RULES.get(kind)
     if check is not None:
         check(as_dict(obj, "spec"), ["spec"], report)

@@ -22,7 +22,7 @@ CONDITION_KEYS_UNSUPPORTED = ("remote.ip", "request.auth.principal", "request.au
                               "request.auth.presenter", "connection.sni", "source.trustDomain")
 _MAP_KEY = re.compile(r"^[^\[]+\[.+\]$")
 _TARGET_KINDS = {("core", "Service"): True, ("networking.istio.io", "ServiceEntry"): False,
-                 ("gateway.networking.k8s.io", "Gateway"): False}
+                 ("gateway.networking.k8s.io", "Gateway"): True}
 _TEMPLATE_LITERAL = re.compile(r"^[a-zA-Z0-9-._~%!$&'()+,;:@=]+$")
 
 
@@ -54,7 +54,7 @@ def authorization_policy(spec: dict[str, Any], path: list[Any], r: Report) -> No
                       f"not {group}/{ref.get('kind')}")
         elif not supported:
             r.unsupported([*rpath, "kind"], f"targetRef to a {ref.get('kind')} is not supported by "
-                          "Lacewing yet (only Service)")
+                          "Lacewing yet (only Service, and Gateway for a waypoint)")
     for i, rule in dict_items(spec, "rules"):
         _rule(rule, [*path, "rules", i], action, r)
 
