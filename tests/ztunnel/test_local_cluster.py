@@ -30,6 +30,15 @@ CALL = ("import socket,sys\n"
         "  print(type(e).__name__)\n")
 
 
+GARBAGE = ("import socket,sys\n"
+           "try:\n"
+           "  c=socket.create_connection((sys.argv[1],15008),timeout=5)\n"
+           "  c.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n'+bytes(range(256)))\n"
+           "  print(c.recv(100).decode(errors='replace') or 'EOF')\n"
+           "except Exception as e:\n"
+           "  print(type(e).__name__)\n")
+
+
 def workloads(py: str) -> str:
     def pod(ns, name, node, sa, cmd, labels="{}"):
         return f"""---
@@ -124,7 +133,15 @@ def test_mesh_on_a_local_cluster(make_cluster, tmp_path):
         assert allowed and allowed[0]["src_identity"] == "spiffe://cluster.local/ns/mesh/sa/client"
         assert allowed[0]["dst_identity"] == "spiffe://cluster.local/ns/mesh/sa/server"
         assert any(e["listener"] == "inbound_plaintext" and "STRICT" in e["reason"] for e in inb)
+        # garbage and plaintext at node1's :15008, from a pod: refused and counted
+        node1_ip = next(n for n in cluster.status()["nodes"] if n["name"] == "node1")["underlayIP"]
+        garbage = cluster.exec("legacy/outsider", [py, "-c", GARBAGE, node1_ip],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        assert garbage in ("EOF", "ConnectionResetError"), garbage
+        assert call(cluster, "mesh/client", server["ip"], 8080, py) == client["ip"]  # unaffected
+
         metrics = mesh.metrics("node1")
+        assert 'reason="handshake_failed' in metrics
         m = re.search(r'istio_tcp_connections_opened_total\{[^}]*connection_security_policy='
                       r'"mutual_tls"[^}]*source_principal="spiffe://cluster.local/ns/mesh/sa/'
                       r'client"[^}]*\} (\S+)', metrics)
