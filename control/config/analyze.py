@@ -8,7 +8,14 @@ that raised it, the way Istio's analyzers report:
   one namespace-wide PeerAuthentication in a namespace;
 - a PeerAuthentication or AuthorizationPolicy whose selector matches no workload;
 - a VirtualService host, or a policy's targetRef, that no Service has;
-- two VirtualServices for the same host (which one routes it is undefined).
+- two VirtualServices for the same host (which one routes it is undefined);
+- `waypoint.placement.unenforceable`: an AuthorizationPolicy with a workload `selector` and L7
+  attributes (methods, paths, hosts, request headers) that selects a workload whose traffic
+  passes no waypoint — the node tunnel (L4 only) fails closed on it, refusing the connections
+  the policy would judge. Which workloads pass a waypoint follows `lacewing.dev/use-waypoint`
+  on the pod (template), else its Namespace, or on a Service that selects it. `unenforceable`
+  is the one copy of this check: the waypoint (`waypoint.placement`) re-exports it, and the
+  node tunnel's snapshot `Workload` fits it as well as the analyzer's.
 The workload-based checks run only when the input holds workloads (resp. Services) to check
 against; `skipped_checks` says which were skipped, so silence is never mistaken for health.
 
@@ -17,9 +24,9 @@ Pure: no I/O; the command `lacewing analyze` does the reading.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from control.config.errors import WARNING, Problem
 from control.config.loader import Document
@@ -35,6 +42,9 @@ from control.config.schema import format_path
 from control.config.validate import split_api_version
 
 DOMAIN = "svc.cluster.local"
+UNENFORCEABLE = "waypoint.placement.unenforceable"
+USE_WAYPOINT = "lacewing.dev/use-waypoint"   # control.snapshot.WAYPOINT_LABEL
+NO_WAYPOINT = "none"
 POD_TEMPLATE_KINDS = frozenset({("apps", "Deployment"), ("apps", "StatefulSet"),
                                 ("apps", "DaemonSet"), ("apps", "ReplicaSet")})
 
@@ -45,20 +55,36 @@ class Workload:
     name: str
     namespace: str
     labels: dict[str, str]
+    waypoint: str | None = None  # "<namespace>/<name>" of the waypoint its traffic passes
+
+    @property
+    def uid(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    name: str
+    namespace: str
+    selector: dict[str, str]
+    labels: dict[str, str]
 
 
 @dataclass
 class Inventory:
-    """What the input says exists: workloads (pod labels) and Service host names."""
+    """What the input says exists: workloads (pod labels), Services, Namespace labels."""
 
     workloads: list[Workload] = field(default_factory=list)
     services: set[str] = field(default_factory=set)  # FQDNs
+    service_list: list[ServiceInfo] = field(default_factory=list)
+    namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     saw_workloads: bool = False
     saw_services: bool = False
 
 
 def inventory(docs: Sequence[Document]) -> Inventory:
     inv = Inventory()
+    pods: list[Workload] = []
     for doc in docs:
         obj = doc.obj
         api_version, kind = obj.get("apiVersion"), obj.get("kind")
@@ -71,15 +97,51 @@ def inventory(docs: Sequence[Document]) -> Inventory:
             continue
         if (group, kind) in POD_TEMPLATE_KINDS:
             labels = _dict(_dict(_dict(_dict(obj, "spec"), "template"), "metadata"), "labels")
-            inv.workloads.append(Workload(kind, name, namespace, _str_map(labels)))
+            pods.append(Workload(kind, name, namespace, _str_map(labels)))
             inv.saw_workloads = True
         elif (group, kind) == ("", "Pod"):
-            inv.workloads.append(Workload(kind, name, namespace, _str_map(_dict(meta, "labels"))))
+            pods.append(Workload(kind, name, namespace, _str_map(_dict(meta, "labels"))))
             inv.saw_workloads = True
         elif (group, kind) == ("", "Service"):
             inv.services.add(f"{name}.{namespace}.{DOMAIN}")
+            inv.service_list.append(ServiceInfo(name, namespace,
+                                                _str_map(_dict(_dict(obj, "spec"), "selector")),
+                                                _str_map(_dict(meta, "labels"))))
             inv.saw_services = True
+        elif (group, kind) == ("", "Namespace"):
+            inv.namespace_labels[name] = _str_map(_dict(meta, "labels"))
+    inv.workloads = [Workload(w.kind, w.name, w.namespace, w.labels, waypoint_of(w, inv))
+                     for w in pods]
     return inv
+
+
+def _waypoint_ref(value: str | None, namespace: str) -> str | None:
+    if not value or value == NO_WAYPOINT:
+        return None
+    return value if "/" in value else f"{namespace}/{value}"
+
+
+def waypoint_of(workload: Workload, inv: Inventory) -> str | None:
+    """The waypoint a workload's traffic passes, if any (`control.workloads` rules): its own
+    `lacewing.dev/use-waypoint` label, else its Namespace's; failing that, the waypoint of a
+    Service that selects it (the Service's label, else its Namespace's)."""
+    ns_labels = inv.namespace_labels.get(workload.namespace, {})
+    if USE_WAYPOINT in workload.labels:
+        own = _waypoint_ref(workload.labels[USE_WAYPOINT], workload.namespace)
+    else:
+        own = _waypoint_ref(ns_labels.get(USE_WAYPOINT), workload.namespace)
+    if own:
+        return own
+    for svc in inv.service_list:
+        if svc.namespace != workload.namespace or not svc.selector:
+            continue
+        if not all(workload.labels.get(k) == v for k, v in svc.selector.items()):
+            continue
+        value = svc.labels[USE_WAYPOINT] if USE_WAYPOINT in svc.labels else ns_labels.get(USE_WAYPOINT)
+        ref = _waypoint_ref(value, svc.namespace)
+        if ref:
+            return ref
+    return None
 
 
 def _dict(obj: Any, key: str) -> dict[str, Any]:
@@ -123,7 +185,84 @@ def analyze(resources: Sequence[Resource], docs: Sequence[Document] = (), *,
         found += _selectors_matching_nothing(resources, inv, root_namespace)
     if inv.saw_services:
         found += _hosts_without_service(resources, inv)
+    if inv.saw_workloads:
+        policies = [r for r in resources if isinstance(r, AuthorizationPolicy)]
+        for f in unenforceable(policies, inv.workloads, root_namespace=root_namespace):
+            found.append(_warn(f.resource, ["spec", "selector"], f"{UNENFORCEABLE}: {f.message}"))
     return found
+
+
+# --- L7 policies no waypoint can enforce ------------------------------------------------------
+
+
+class PlacedWorkload(Protocol):
+    """What `unenforceable` reads of a workload (the analyzer's `Workload` and the snapshot's)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+    @property
+    def waypoint(self) -> str | None: ...
+
+    @property
+    def uid(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Finding:
+    policy: str        # namespace/name
+    workload: str      # namespace/name
+    message: str
+    resource: AuthorizationPolicy | None = field(default=None, compare=False, repr=False)
+
+
+def l7_fields(policy: AuthorizationPolicy) -> list[str]:
+    """The L7 attributes a policy uses (empty: the node tunnel can enforce it alone)."""
+    used = []
+    for rule in policy.spec.rules:
+        for to in rule.to:
+            op = to.operation
+            if op is None:
+                continue
+            for name in ("methods", "not_methods", "paths", "not_paths", "hosts", "not_hosts"):
+                if getattr(op, name):
+                    used.append(name)
+        for cond in rule.when:
+            if cond.key.startswith("request."):
+                used.append(cond.key)
+    return sorted(set(used))
+
+
+def unenforceable(policies: Iterable[AuthorizationPolicy], workloads: Iterable[PlacedWorkload], *,
+                  root_namespace: str = "istio-system") -> list[Finding]:
+    """For every sidecar-style policy (a `selector`, no targetRefs) with L7 attributes, each
+    workload it selects whose traffic passes no waypoint: the node tunnel must fail closed there."""
+    workloads = list(workloads)
+    out = []
+    for p in policies:
+        sel = p.spec.selector
+        if sel is None or p.spec.targets:
+            continue
+        fields = l7_fields(p)
+        if not fields:
+            continue
+        for w in workloads:
+            if p.namespace not in (w.namespace, root_namespace):
+                continue
+            if not all(w.labels.get(k) == v for k, v in sel.match_labels.items()):
+                continue
+            if w.waypoint:
+                continue
+            out.append(Finding(
+                f"{p.namespace}/{p.name}", w.uid,
+                f"uses L7 attributes ({', '.join(fields)}) but {w.uid}'s traffic passes no "
+                f"waypoint, so the node tunnel refuses the connections this policy would judge; "
+                f"fix: `lacewing waypoint apply -n {w.namespace} --enroll-namespace` (or label "
+                f"its Service lacewing.dev/use-waypoint=<name>)", p))
+    return out
 
 
 def _warn(resource: Resource, path: list[Any], message: str) -> Problem:

@@ -5,8 +5,11 @@ Before: files holding mesh configuration and, optionally, the workloads it appli
 (`--name`, the directory of YAML its control plane reads, `/run/lacewing/lw-<name>/config`). After: the validation problems of every document
 (as `lacewing validate` prints them) followed by cross-object warnings
 (`control.config.analyze`): routes to undefined subsets, duplicate mesh-wide
-PeerAuthentications, selectors matching no workload, hosts no Service has. Exit 0 when there
-are only warnings, 1 on any invalid or unsupported document.
+PeerAuthentications, selectors matching no workload, hosts no Service has, and
+`waypoint.placement.unenforceable` — an AuthorizationPolicy with a workload selector and L7
+attributes that selects workloads whose traffic passes no waypoint (by the
+`lacewing.dev/use-waypoint` labels of their Namespace or Service), which the node tunnel fails
+closed on. Exit 0 when there are only warnings, 1 on any invalid or unsupported document.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from lacewing.errors import UserError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "analyze", help="cross-object warnings (missing subsets, policies that select nothing, ...)",
+        "analyze", help="cross-object warnings (missing subsets, policies that select nothing, "
+        "L7 policies no waypoint enforces, ...)",
         description="Analyze mesh configuration together with the workloads in the same files. "
         "Checks that need workloads or Services run only when the files contain some.",
     )

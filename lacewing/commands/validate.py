@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "validate", help="check mesh configuration files; exit 1 on any error",
         description="Validate Istio-shaped mesh configuration (VirtualService, DestinationRule, "
-        "PeerAuthentication, AuthorizationPolicy) and Lacewing's RateLimitPolicy. One line per "
+        "PeerAuthentication, AuthorizationPolicy), Lacewing's RateLimitPolicy and a waypoint's "
+        "Gateway (gateway.networking.k8s.io, gatewayClassName lacewing-waypoint). One line per "
         "problem: file, document (0-based), field path, message. A field Istio accepts but "
         "Lacewing does not implement yet is reported as unsupported. Workload kinds (Service, "
         "Deployment, ...) are passed over.",
