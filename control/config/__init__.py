@@ -9,11 +9,13 @@ What to import (every part imports from here; nothing is copied):
   Local mode's `apply` and the control plane's config source call these;
 - the model the compiler, waypoint and node tunnel consume: `control.config.model`
   (`VirtualService`, `DestinationRule`, `PeerAuthentication`, `AuthorizationPolicy`,
-  `RateLimitPolicy`, frozen dataclasses, one per kind whatever the API version);
+  `RateLimitPolicy`, and the waypoint's Gateway API `Gateway` — validated and stored, not
+  compiled — frozen dataclasses, one per kind whatever the API version);
   `resource.to_dict()` writes the canonical Istio-shaped dict back;
 - problems: `control.config.errors` (`Problem`, `ConfigError`, `INVALID`, `UNSUPPORTED`,
   `WARNING`);
-- cross-object warnings: `control.config.analyze.analyze(...)`;
+- cross-object warnings: `control.config.analyze.analyze(...)` (and `unenforceable`, the
+  L7-policy placement check the waypoint re-exports);
 - what is not implemented yet: `control.config.support.unsupported_field_list()`
   (the list `docs/configuration.md` carries).
 
