@@ -47,6 +47,7 @@ class ConnRecord:
     counted_sent: int = 0
     counted_received: int = 0
     opened: bool = False
+    label_values: tuple[str, ...] | None = None   # fixed when the connection opens
 
     def labels(self) -> dict[str, str]:
         sw_ns, _, sw = (self.src_workload or "unknown/unknown").partition("/")
@@ -89,30 +90,42 @@ class Telemetry:
                                   registry=r)
         self.active = Gauge("lacewing_tunnel_active_connections", "Connections being served",
                             ("listener",), registry=r)
+        self._children: dict = {}
 
     def refused_count(self, listener: str, reason: str) -> None:
         self.refused.labels(listener, reason).inc()
 
+    def _child(self, metric, values: tuple[str, ...]):
+        """metric.labels(*values), cached: a connection touches four series twice or more."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 50000:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def opened(self, rec: ConnRecord) -> None:
         rec.opened = True
-        self.opened_total.labels(**rec.labels()).inc()
-        self.active.labels(rec.listener).inc()
+        rec.label_values = tuple(rec.labels()[k] for k in LABELS)
+        self._child(self.opened_total, rec.label_values).inc()
+        self._child(self.active, (rec.listener,)).inc()
 
     def flush_bytes(self, rec: ConnRecord) -> None:
         ds, dr = rec.sent - rec.counted_sent, rec.received - rec.counted_received
         if ds or dr:
-            labels = rec.labels()
+            values = rec.label_values or tuple(rec.labels()[k] for k in LABELS)
             if ds:
-                self.sent_bytes.labels(**labels).inc(ds)
+                self._child(self.sent_bytes, values).inc(ds)
             if dr:
-                self.received_bytes.labels(**labels).inc(dr)
+                self._child(self.received_bytes, values).inc(dr)
             rec.counted_sent, rec.counted_received = rec.sent, rec.received
 
     def closed(self, rec: ConnRecord) -> None:
         if rec.opened:
             self.flush_bytes(rec)
-            self.closed_total.labels(**rec.labels()).inc()
-            self.active.labels(rec.listener).dec()
+            self._child(self.closed_total, rec.label_values).inc()
+            self._child(self.active, (rec.listener,)).dec()
         if self.access_log is not None:
             line = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.start)),

@@ -146,6 +146,9 @@ class Contexts:
         return None
 
 
+_PEER_IDS: dict[bytes, str | None] = {}
+
+
 class TlsConnection:
     """One TLS connection over memory BIOs: bytes from the network in, plaintext out, and back.
 
@@ -213,8 +216,24 @@ class TlsConnection:
         return self.out.read()
 
     def peer_spiffe_id(self) -> str | None:
-        from node_agent.certs.tls import peer_spiffe_id
-        return peer_spiffe_id(self.obj)
+        """The verified peer's SPIFFE ID (exactly one URI SAN), or None. Parsed once per
+        certificate: resumed connections present the same one again and again."""
+        der = self.obj.getpeercert(binary_form=True)
+        if not der:
+            return None
+        try:
+            return _PEER_IDS[der]
+        except KeyError:
+            pass
+        from cryptography import x509
+
+        from control.ca.certificates import uri_sans
+        uris = uri_sans(x509.load_der_x509_certificate(der))
+        ident = uris[0] if len(uris) == 1 else None
+        if len(_PEER_IDS) >= 4096:
+            _PEER_IDS.clear()
+        _PEER_IDS[der] = ident
+        return ident
 
     @property
     def resumed(self) -> bool:
