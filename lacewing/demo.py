@@ -3,7 +3,9 @@
 Before: root, `make setup` done. After: the tour was printed and everything it made is gone —
 also on Ctrl-C or an error — unless `keep=True`. It makes a 2-node cluster named `demo`, runs
 the sample app behind a Service with pods on both nodes, calls it from a client pod, and shows
-which pods answered.
+which pods answered. Then (unless `mesh=False`) it turns the mesh on and shows it: enrollment by
+label, mTLS identities, a STRICT PeerAuthentication and an AuthorizationPolicy at work, their
+metrics (`lacewing.tours.mesh`), and a canary through a waypoint (`lacewing.tours.canary`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _load_from_client(cluster: LocalCluster, url: str, requests: int) -> dict:
     return json.loads(out.stdout)
 
 
-def run(*, requests: int = 200, keep: bool = False, name: str = CLUSTER) -> int:
+def run(*, requests: int = 200, keep: bool = False, name: str = CLUSTER, mesh: bool = True) -> int:
     cluster = LocalCluster(name)
     if cluster.is_up():
         raise UserError(f"a demo is already running (cluster {name!r}); stop it with "
@@ -43,7 +45,7 @@ def run(*, requests: int = 200, keep: bool = False, name: str = CLUSTER) -> int:
     started = time.monotonic()
     try:
         _say("Making a local cluster: 2 nodes as network namespaces, joined by an underlay")
-        cluster.up(nodes=2)
+        cluster.up(nodes=2, mesh=mesh)
         for n in cluster.status()["nodes"]:
             print(f"  {n['name']}: namespace {n['netns']}, underlay {n['underlayIP']}, "
                   f"pods {n['podCIDR']}")
@@ -73,15 +75,24 @@ def run(*, requests: int = 200, keep: bool = False, name: str = CLUSTER) -> int:
         if lat:
             print(f"  latency p50 {lat.get('p50', 0):.2f} ms, p99 {lat.get('p99', 0):.2f} ms")
         answered_nodes = {nodes.get(p) for p in report.get("pods", {})}
+        results = {"Service demo/hello answered from both nodes": len(answered_nodes) == 2}
+        if mesh:
+            from lacewing.tours.canary import canary_tour
+            from lacewing.tours.mesh import mesh_tour
+
+            results["mesh: mTLS identities, STRICT, authorization, metrics"] = mesh_tour(
+                cluster, say=_say)
+            results["canary through a waypoint: 90/10 split, header route, retries"] = \
+                canary_tour(cluster, say=_say)
         _say("Summary")
-        print(f"  the client reached Service demo/hello and pods on {len(answered_nodes)} "
-              f"node(s): {', '.join(sorted(n for n in answered_nodes if n))}")
+        for what, ok in results.items():
+            print(f"  {'✔' if ok else '✘'} {what}")
         print(f"  tour took {time.monotonic() - started:.0f}s")
         if keep:
             print(f"\n  The cluster stays up: try `lacewing local status --name {name}`, "
                   f"`lacewing local exec --name {name} demo/client -- curl -s hello`; "
                   f"remove it with `lacewing local down --name {name}`.")
-        return 0 if len(answered_nodes) == 2 else 1
+        return 0 if all(results.values()) else 1
     except KeyboardInterrupt:
         print("\ninterrupted: tearing down", flush=True)
         keep = False

@@ -22,8 +22,11 @@ def test_demo_reaches_pods_on_both_nodes(root_required):
                           "--name", name],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "pods on 2 node(s): node0, node1" in out.stdout
     assert "statuses: 200: 60; errors: 0" in out.stdout
+    assert "✔ Service demo/hello answered from both nodes" in out.stdout
+    assert "✔ mesh: mTLS identities, STRICT, authorization, metrics" in out.stdout
+    assert "✔ canary through a waypoint: 90/10 split, header route, retries" in out.stdout
+    assert "✘" not in out.stdout
     assert _leftovers(name) == []
 
 

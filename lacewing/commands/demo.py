@@ -12,6 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "which pods answered; then remove everything (also on Ctrl-C).")
     p.add_argument("--requests", type=int, default=200, help="requests the client sends")
     p.add_argument("--name", default="demo", help="cluster name (default demo)")
+    p.add_argument("--no-mesh", action="store_true",
+                   help="only the plain cluster part (no control plane, tunnels or waypoint)")
     p.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     p.set_defaults(func=_run)
 
@@ -19,4 +21,4 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args) -> int:
     from lacewing.demo import run
 
-    return run(requests=args.requests, keep=args.keep, name=args.name)
+    return run(requests=args.requests, keep=args.keep, name=args.name, mesh=not args.no_mesh)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from node_agent.ztunnel.localmesh import LocalMesh
+from lacewing.local.mesh import LocalMesh
 from perf.scenarios.base import Scenario, Target
 from perf.topology import PerfTopology
 

@@ -168,7 +168,7 @@ spec:
                    "--cluster", cluster.name)
     assert out.returncode == 0, out.stderr
     cluster.wait_ready(namespace="shop", min_pods=6, timeout=120)
-    from node_agent.ztunnel.localmesh import LocalMesh
+    from lacewing.local.mesh import LocalMesh
 
     mesh = LocalMesh(cluster, namespaces=set(), pods={
         f"shop/{n}" for n in ("client", "intruder", "web-v1-0", "web-v1-1", "web-v2-0")})
@@ -257,7 +257,7 @@ spec:
     assert lacewing("waypoint", "apply", "-n", "shop", "--enroll-namespace",
                     "--cluster", cluster.name).returncode == 0
     cluster.wait_ready(namespace="shop", min_pods=4, timeout=120)
-    from node_agent.ztunnel.localmesh import LocalMesh
+    from lacewing.local.mesh import LocalMesh
 
     mesh = LocalMesh(cluster, namespaces=set(),
                      pods={"shop/client", "shop/echo-0", "shop/echo-1"})

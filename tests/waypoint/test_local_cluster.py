@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from lacewing.local import netns
-from node_agent.ztunnel.localmesh import LocalMesh
+from lacewing.local.mesh import LocalMesh
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.netns, pytest.mark.bpf]
 

@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from node_agent.ztunnel.localmesh import LocalMesh, uninstall_capture
+from lacewing.local.mesh import LocalMesh, uninstall_capture
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -6,8 +6,8 @@ from importlib import resources
 
 import pytest
 
-from node_agent.ztunnel.localmesh import uninstall_capture
-from node_agent.ztunnel.tour import mesh_tour
+from lacewing.local.mesh import uninstall_capture
+from lacewing.tours.mesh import mesh_tour
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from node_agent.ztunnel.localmesh import LocalMesh
+from lacewing.local.mesh import LocalMesh
 
 EXTRA = """apiVersion: v1
 kind: Namespace
