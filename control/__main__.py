@@ -12,14 +12,13 @@ SIGTERM/SIGINT. What it runs is control/plane.py.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 import sys
 from pathlib import Path
 
+from control import process
 from control.ca.authority import CaConfigError, CertificateAuthority
 from control.ca.spiffe_id import DEFAULT_TRUST_DOMAIN
+from control.process import run_until_signalled
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,23 +73,11 @@ async def amain(args: argparse.Namespace) -> int:
     host, _, port = args.metrics_address.rpartition(":")
     plane = ControlPlane(ca=ca, sources=sources, grpc_address=args.grpc_address,
                          metrics_host=host.strip("[]") or "0.0.0.0", metrics_port=int(port))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await plane.start()
-    try:
-        await stop.wait()
-    finally:
-        await plane.stop()
-    return 0
+    return await run_until_signalled(plane)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(amain(args))
+    return process.main(amain, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ metrics on :15020, readiness on :15021 (see node_agent/admin.py). Stops on SIGTE
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 import sys
 
+from control import process
+from control.process import run_until_signalled
 from node_agent.agent import NodeAgent
 
 
@@ -44,23 +43,11 @@ async def amain(args: argparse.Namespace) -> int:
     if not args.no_dataplane:
         from node_agent.ztunnel.wiring import attach
         attach(agent)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await agent.start()
-    try:
-        await stop.wait()
-    finally:
-        await agent.stop()
-    return 0
+    return await run_until_signalled(agent)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(amain(args))
+    return process.main(amain, parse_args(argv))
 
 
 if __name__ == "__main__":

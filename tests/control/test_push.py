@@ -93,7 +93,10 @@ def test_a_yaml_change_reaches_every_node(tmp_path):
                 assert not any(b"-----BEGIN" in e.packed.payload for e in entries.values())
             status = plane.status()
             assert {c["node"] for c in status["clients"]} == {"n1", "n2", "n3"}
-            assert all(c["ackedVersion"] == status["version"] for c in status["clients"])
+            # A client applies a response before its ACK reaches the server: wait for the ACKs.
+            await eventually(lambda: all(c["ackedVersion"] == plane.status()["version"]
+                                         for c in plane.status()["clients"]),
+                             what="every client's ACK of the last version")
             hist = plane.registry.get_sample_value("lacewing_xds_convergence_seconds_count")
             assert hist and hist >= 3
     run(go())
