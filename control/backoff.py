@@ -3,7 +3,8 @@
 Before: a loop counts its consecutive failures. After: how long to wait before the next try —
 half of min(maximum, initial × multiplier^(n-1)) fixed, half random — so that many clients
 that lost the same server do not come back in lockstep. Pure; `rand` is injected.
-(node_agent/certs/schedule.py has the same rule for certificate renewal; it could use this.)
+Every retry loop uses this one rule: the xDS client, the Kubernetes source, the certificate
+manager (through node_agent/certs/schedule.py).
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
 Before: the certificate manager holds a certificate's validity or counts failed attempts. After:
 how many seconds to sleep. Renewal happens at half of the certificate's life, shifted by a random
 ± `jitter` fraction of the life so that many identities issued together do not all renew at the
-same instant. Retries back off exponentially with "equal jitter" (half fixed, half random), capped.
+same instant. Retries back off with `control.backoff.Backoff` (exponential, equal jitter, capped).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from control.backoff import Backoff  # re-exported: the one retry rule every part uses
 
 Rand = Callable[[], float]  # uniform in [0, 1)
 
@@ -28,20 +29,6 @@ def renewal_delay(*, now: float, not_before: float, not_after: float, fraction: 
     at = renewal_time(not_before=not_before, not_after=not_after, fraction=fraction,
                       jitter=jitter, rand=rand)
     return max(0.0, at - now)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
-
-    def delay(self, attempt: int, *, rand: Rand) -> float:
-        """Delay after the `attempt`-th consecutive failure (1-based)."""
-        if attempt < 1:
-            raise ValueError("attempt counts from 1")
-        base = min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))
-        return base / 2 + rand() * base / 2
 
 
 def is_usable(*, now: float, not_after: float) -> bool:
