@@ -188,9 +188,14 @@ def _name(p: AuthorizationPolicy) -> str:
 
 
 def decide(policies: Iterable[AuthorizationPolicy], *, namespace: str, labels: Mapping[str, str],
-           peer: Peer, root_namespace: str = ROOT_NAMESPACE) -> AuthzDecision:
+           peer: Peer, root_namespace: str = ROOT_NAMESPACE,
+           l7_enforced_by_waypoint: bool = False) -> AuthzDecision:
+    """`l7_enforced_by_waypoint`: the peer is the destination's own waypoint, which has already
+    enforced the policies with L7 fields for this workload (DESIGN: sidecar-style policies keep
+    working behind a waypoint) — so those are left out here instead of failing closed."""
     applicable = [p for p in policies
-                  if selects(p, namespace=namespace, labels=labels, root_namespace=root_namespace)]
+                  if selects(p, namespace=namespace, labels=labels, root_namespace=root_namespace)
+                  and not (l7_enforced_by_waypoint and policy_has_l7(p))]
     applicable.sort(key=_name)
     allows = []
     for p in applicable:

@@ -58,6 +58,10 @@ def decide(state: NodeState, *, target: wire.Address, source_ip: str,
     peer = authz.Peer(source_ip=source_ip, destination_ip=target.ip,
                       destination_port=target.port,
                       principal=authz.principal_of(peer_identity) if tls else None)
+    # A connection from the workload's own waypoint carries requests that passed its L7
+    # policy already; the policies with L7 fields are the waypoint's to enforce.
+    waypoint = state.snapshot.waypoints.get(w.waypoint) if w.waypoint else None
+    from_waypoint = bool(tls and waypoint and peer_identity == waypoint.identity)
     d = authz.decide(state.snapshot.authorization_policies, namespace=w.namespace,
-                     labels=w.labels, peer=peer)
+                     labels=w.labels, peer=peer, l7_enforced_by_waypoint=from_waypoint)
     return Verdict(d.allowed, wire.OK if d.allowed else wire.DENIED, d.reason, w, sp, d.policy)

@@ -131,3 +131,36 @@ def test_plaintext_strict_refused_permissive_labelled_none():
     v = inbound.decide(permissive, target=wire.Address(srv_a.ip, 8080), source_ip="10.0.0.1",
                        peer_identity=None, presented_identity=None, tls=False)
     assert v.allowed and v.security_policy == "none"
+
+
+# A sidecar-style policy: a workload selector plus L7 rules (paths). The node tunnel cannot
+# judge paths, so it fails closed — except for connections from the workload's own waypoint,
+# which enforced the policy already.
+_L7_POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: %s, namespace: default}
+spec:
+  selector: {matchLabels: {app: %s}}
+  action: ALLOW
+  rules: [{to: [{operation: {paths: [/public/*]}}]}]
+"""
+STATE_L7 = NodeState.of(snapshot("node1", [srv_a, behind_wp, client], waypoints=[wp],
+                                 policies=[resource(_L7_POLICY % ("paths", "guarded")),
+                                           resource(_L7_POLICY % ("paths-a", "srv-a"))]))
+
+
+def _inb_l7(target, peer):
+    return inbound.decide(STATE_L7, target=wire.Address(target.ip, 8080), source_ip="10.244.2.2",
+                          peer_identity=peer, presented_identity=target.identity, tls=True)
+
+
+def test_l7_policy_behind_a_waypoint_is_left_to_the_waypoint():
+    assert _inb_l7(behind_wp, wp.identity).allowed
+
+
+def test_l7_policy_fails_closed_for_anyone_else():
+    # The client itself (bypassing the waypoint) is refused ...
+    assert not _inb_l7(behind_wp, client.identity).allowed
+    # ... and a workload with no waypoint is refused even to a peer with the waypoint's identity.
+    assert not _inb_l7(srv_a, wp.identity).allowed
