@@ -4,8 +4,9 @@ Before: a node agent runs its certificate admin endpoint (node_agent/certs/admin
 row per identity on that node (identity, serial, not-before, not-after), or the JSON, or the PEM
 chains. Other views (workloads, policies, routes) are added by the issues that build them.
 
-TODO(local cluster, issue "local up"): resolve PART (a node agent or waypoint of the local
-cluster, `--name C`) to its admin URL through lacewing/local; until then pass `--admin-url`.
+PART is a node agent of a local cluster (`node1`, or its component name `node-agent-node1`;
+`--name C` picks the cluster): its admin port (127.0.0.1:15000 inside the node's namespace) is
+reached from here. `--admin-url` asks any reachable admin endpoint instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def register(subparsers) -> None:
     secret.add_argument("-o", "--output", choices=("table", "json", "pem"), default="table")
     secret.add_argument("--admin-url", metavar="URL",
                         help="the node agent's admin endpoint, e.g. http://127.0.0.1:15000")
+    secret.add_argument("--name", default="lacewing",
+                        help="the local cluster PART is in (default lacewing)")
     secret.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     secret.set_defaults(func=run_secret)
 
@@ -78,14 +81,34 @@ def format_pem(certs: list[dict]) -> str:
     return "".join(out)
 
 
+def fetch_certs_local(cluster_name: str, part: str, *, timeout: float) -> list[dict]:
+    """The certificates of node agent `part` of a local cluster, from its admin port."""
+    from lacewing.local.cluster import LocalCluster
+    from lacewing.local.netns import http_get_in_netns
+
+    status = LocalCluster(cluster_name).status()
+    agents = [c for c in status["components"] if c["kind"] == "node-agent"]
+    match = [c for c in agents if part in (c["name"], c.get("node"))]
+    if not match:
+        names = ", ".join(sorted(c.get("node") or c["name"] for c in agents)) or "none"
+        raise UserError(f"no node agent {part!r} in cluster {cluster_name!r} (node agents: {names})")
+    netns = next(n["netns"] for n in status["nodes"] if n["name"] == match[0]["node"])
+    try:
+        code, body = http_get_in_netns(netns, "127.0.0.1", 15000, "/certs", timeout=timeout)
+        data = json.loads(body)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the certificates of {part} ({exc}); is its node agent "
+                        "healthy? see `lacewing local status`") from None
+    if code != 200 or not isinstance(data.get("certificates"), list):
+        raise UserError(f"{part}'s admin port answered {code} without a certificate list")
+    return data["certificates"]
+
+
 def run_secret(args: argparse.Namespace) -> int:
-    if not args.admin_url:
-        # TODO(local cluster): look PART up in the local cluster and use its admin port.
-        raise UserError(
-            f"finding {args.part!r} in a local cluster is not implemented yet; "
-            "pass --admin-url http://127.0.0.1:PORT of its node agent"
-        )
-    certs = fetch_certs(args.admin_url, timeout=args.timeout)
+    if args.admin_url:
+        certs = fetch_certs(args.admin_url, timeout=args.timeout)
+    else:
+        certs = fetch_certs_local(args.name, args.part, timeout=args.timeout)
     if args.output == "json":
         json.dump(certs, sys.stdout, indent=2)
         sys.stdout.write("\n")

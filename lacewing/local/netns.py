@@ -153,3 +153,21 @@ def mount_bpffs(path: Path = Path("/sys/fs/bpf")) -> bool:
 
 def umount(path: Path) -> None:
     run(["umount", str(path)], check=False)
+
+
+def http_get_in_netns(netns: str, host: str, port: int, path: str, *,
+                      timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET http://host:port/path from inside `netns` (a node's loopback admin port, say)."""
+    import http.client
+
+    sock = socket_in_netns(netns)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host, port))
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.sock = sock
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        sock.close()

@@ -91,9 +91,39 @@ def test_unreachable_admin_is_a_clear_error(capsys):
     assert "cannot reach" in capsys.readouterr().err
 
 
-def test_without_admin_url_says_what_to_do(capsys):
-    assert lacewing(["proxy-config", "secret", "n1"]) == 1
-    assert "--admin-url" in capsys.readouterr().err
+def test_without_admin_url_the_part_is_looked_up_in_a_local_cluster(capsys):
+    assert lacewing(["proxy-config", "secret", "n1", "--name", "nosuchclstr"]) == 1
+    assert "no local cluster named 'nosuchclstr'" in capsys.readouterr().err
+
+
+def test_secret_of_a_node_agent_in_a_local_cluster(make_cluster, tmp_path, capsys):
+    """The real path: an enrolled pod's identity, held by its node's agent, shown by PART."""
+    import time
+
+    cluster = make_cluster(nodes=1)
+    (tmp_path / "pod.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: "
+        "{lacewing.dev/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: ServiceAccount\n"
+        "metadata: {name: api, namespace: shop}\n---\napiVersion: v1\nkind: Pod\n"
+        "metadata: {name: api, namespace: shop}\nspec:\n  serviceAccountName: api\n"
+        "  containers: [{name: c, command: [sleep, infinity]}]\n")
+    cluster.apply([tmp_path / "pod.yaml"])
+    want = "spiffe://cluster.local/ns/shop/sa/api"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        capsys.readouterr()
+        if lacewing(["proxy-config", "secret", "node0", "--name", cluster.name, "-o",
+                     "json"]) == 0:
+            certs = json.loads(capsys.readouterr().out)
+            if any(c["identity"] == want and c.get("serial") for c in certs):
+                break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"node0's agent never showed a certificate for {want}")
+    assert lacewing(["proxy-config", "secret", "node-agent-node0", "--name", cluster.name]) == 0
+    assert want in capsys.readouterr().out
+    assert lacewing(["proxy-config", "secret", "node7", "--name", cluster.name]) == 1
+    assert "no node agent 'node7'" in capsys.readouterr().err
 
 
 def test_admin_endpoint_is_read_only_and_loopback_only():
