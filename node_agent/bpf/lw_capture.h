@@ -53,9 +53,15 @@ static __always_inline int lw_parse(struct __sk_buff *skb, struct lw_pkt *p)
 }
 
 /* Give the packet to the socket that already owns its flow (a tunnel socket, or any socket of
- * the node's own). Listeners and TIME_WAIT do not count. 1 = assigned, 0 = no such socket. */
+ * the node's own). Listeners and TIME_WAIT do not count. 1 = assigned, 0 = no such socket.
+ * A SYN starts a new connection and never belongs to an existing socket: a socket of the node
+ * that still holds the same tuple (the tunnel's side of an earlier connection, lingering in
+ * FIN_WAIT or LAST_ACK) must not swallow it. (The kernel's own early demux does the same with
+ * TIME_WAIT sockets; node namespaces turn it off — docs/datapath.md.) */
 static __always_inline int lw_assign_established(struct __sk_buff *skb, struct lw_pkt *p)
 {
+    if (p->syn)
+        return 0;
     struct bpf_sock_tuple t = p->tuple;
     struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
     if (!sk)
