@@ -34,6 +34,11 @@ RELAY_PORT = 15001
 TPROXY_MARK = "0x1"
 TPROXY_TABLE = "101"
 MODES = ("no-relay", "addressed", "ebpf", "tproxy")
+# The two capture modes leave the relay's accepted sockets (the client's own tuples) in TIME_WAIT
+# in node0's namespace; each mode gets its own client port range so that one mode never meets
+# the other's. Within a mode, a reused port meeting such a socket is part of what is measured
+# (NOTES.md, gap 0).
+MODE_PORTS = {"ebpf": "1024 16383", "tproxy": "16384 32767"}
 
 
 class Bench:
@@ -108,14 +113,23 @@ class Bench:
     def measure(self, mode: str, duration: int) -> dict[str, float]:
         on, off = {"ebpf": (self.ebpf_on, self.ebpf_off),
                    "tproxy": (self.tproxy_on, self.tproxy_off)}.get(mode, (None, None))
+        client_ns = self.topo.netns(self.topo.client_pod)
+        netns.sysctl(client_ns, {"net.ipv4.ip_local_port_range":
+                                 MODE_PORTS.get(mode, "1024 32767")})
         if on:
             on()
         try:
             url, d, limit = self.url(mode), f"-d{duration}s", duration + 30
-            lat = parse_wrk(self.topo.run_in_client(["wrk", "-t1", "-c1", d, "--latency", url],
-                                                    timeout=limit))
-            conn = parse_wrk(self.topo.run_in_client(
-                ["wrk", "-t1", "-c16", d, "-H", "Connection: close", url], timeout=limit))
+            try:
+                lat = parse_wrk(self.topo.run_in_client(
+                    ["wrk", "-t1", "-c1", d, "--latency", url], timeout=limit))
+                conn = parse_wrk(self.topo.run_in_client(
+                    ["wrk", "-t1", "-c16", d, "-H", "Connection: close", url], timeout=limit))
+            except subprocess.TimeoutExpired:
+                # wrk stuck on a connection whose SYNs keep being dropped (NOTES.md, gap 0)
+                print(f"    {mode}: wrk did not finish within {limit} s; sample dropped",
+                      flush=True)
+                return {}
         finally:
             if off:
                 off()
@@ -163,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 order = MODES[rep % len(MODES):] + MODES[:rep % len(MODES)]
                 for mode in order:
                     values = bench.measure(mode, args.duration)
-                    samples[mode].append(values)
+                    if values:
+                        samples[mode].append(values)
                     print(f"  rep {rep + 1}/{args.repeat} {mode}: " + ", ".join(
                         f"{k}={v:.4g}" for k, v in values.items()), flush=True)
         finally:
@@ -172,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         topo.stop()
     summary = {m: {k: statistics.median(s[k] for s in samples[m]) for k in samples[m][0]}
-               for m in MODES}
+               for m in MODES if samples[m]}
     meta = {"when": when, "repeat": args.repeat, "duration": args.duration}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary,
