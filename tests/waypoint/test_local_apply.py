@@ -270,6 +270,15 @@ spec:
                 break
             time.sleep(0.5)
         vip = next(s for s in cluster.status()["services"] if s["name"] == "echo")["clusterIP"]
+        # Converged when a call makes it end to end (the waypoint, both node tunnels and their
+        # enrollments are updated by separate pushes); then the 20 calls that are judged.
+        deadline = time.monotonic() + 30
+        while True:
+            probe = cluster.exec("shop/client", [PY, "-c", GRPC_CLIENT, f"{vip}:9090", "2"],
+                                 capture_output=True, text=True, timeout=60)
+            if probe.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         out = cluster.exec("shop/client", [PY, "-c", GRPC_CLIENT, f"{vip}:9090", "20"],
                            capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
