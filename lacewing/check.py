@@ -12,7 +12,6 @@ import os
 import platform
 import secrets
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +195,3 @@ def run_checks() -> list[Result]:
         results += _datapath_programs()
     return results
 
-
-def _run_quiet(argv: list[str]) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout

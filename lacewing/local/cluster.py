@@ -291,9 +291,6 @@ class LocalCluster:
             "components": components,
         }
 
-    def node_names(self) -> list[str]:
-        return [n["name"] for n in self._require_up().get("nodes", [])]
-
     # -- configuration --------------------------------------------------------------------
     def _load(self, sources: list[str | Path | Document]) -> list[Document]:
         docs, problems = [], []

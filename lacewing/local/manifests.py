@@ -15,6 +15,7 @@ from typing import Any
 
 from control.config.errors import INVALID, WARNING, Problem
 from control.config.loader import Document
+from lacewing.local.topology import is_cluster_ip
 
 WORKLOAD_KINDS = {
     ("v1", "Namespace"),
@@ -358,8 +359,6 @@ def parse_workload(doc: Document, problems: list[Problem]) -> Workload | None:
         selector = r.labels(spec.get("selector"), "spec.selector")
         cluster_ip = spec.get("clusterIP")
         if cluster_ip is not None:
-            from lacewing.local.topology import is_cluster_ip
-
             if not isinstance(cluster_ip, str) or not is_cluster_ip(cluster_ip):
                 r.error("spec.clusterIP", f"{cluster_ip!r} is not an address in the service "
                         "range 10.96.0.0/16")

@@ -212,6 +212,7 @@ class Supervisor:
         self.components: dict[str, ComponentRuntime] = {}
         self.underlay = {n["name"]: n["underlayIP"] for n in record.get("nodes", [])}
         self.services: list[Service] = []
+        self.host_entries: list[dataplane.HostEntry] = []
         self.seen_generation = -1
         self.stopping = False
         self.rules_applied: dict[str, str] = {}
@@ -412,7 +413,7 @@ class Supervisor:
 
     def write_hosts(self, pod: PodRuntime) -> None:
         text = dataplane.hosts_file(pod_name=pod.name, pod_ip=pod.ip, pod_namespace=pod.namespace,
-                                    services=getattr(self, "host_entries", []))
+                                    services=self.host_entries)
         if self.hosts_written.get(pod.netns) == text:
             return
         # Rewrite in place: running processes see the file through a bind mount of its inode.
