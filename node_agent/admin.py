@@ -7,7 +7,8 @@ Before: a running `NodeAgent` (node_agent/agent.py). After:
 - metrics on :15020 `/metrics` (the agent's own registry: certificates, xDS client, and
   whatever the datapath and tunnel register there);
 - readiness on :15021 `/healthz/ready`: 200 once a snapshot has been received (kept while the
-  control plane is away), 503 before.
+  control plane is away) and every part in `agent.readiness` (the node tunnel, when attached:
+  listening, configured, not draining) says it is ready; 503 naming what is not, otherwise.
 Served by control/debug_http.py.
 """
 
@@ -44,9 +45,12 @@ def metrics_routes(agent: NodeAgent) -> dict[str, debug_http.Route]:
 
 def ready_routes(agent: NodeAgent) -> dict[str, debug_http.Route]:
     def ready(_q):
-        if agent.state.received_any:
-            return 200, "text/plain", b"ready\n"
-        return 503, "text/plain", b"no configuration from the control plane yet\n"
+        if not agent.state.received_any:
+            return 503, "text/plain", b"no configuration from the control plane yet\n"
+        waiting = [name for name, check in agent.readiness.items() if not check()]
+        if waiting:
+            return 503, "text/plain", f"not ready: {', '.join(waiting)}\n".encode()
+        return 200, "text/plain", b"ready\n"
     return {"/healthz/ready": ready}
 
 

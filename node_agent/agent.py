@@ -61,6 +61,8 @@ class NodeAgent:
             registry=self.registry)
         self.on_start: list[Callable[[], Awaitable[None]]] = []
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
+        # parts that must be ready for :15021 to say so (name -> check); the tunnel adds itself
+        self.readiness: dict[str, Callable[[], bool]] = {}
         self._ports = dict(admin_port=admin_port, metrics_host=metrics_host,
                            metrics_port=metrics_port, ready_port=ready_port)
         self._servers: list[asyncio.Server] = []

@@ -118,6 +118,8 @@ class Dataplane:
         if self._error is not None:
             raise RuntimeError(f"the node tunnel did not start: {self._error}") from self._error
         log.info("node tunnel listening on %s", self.tunnel.addresses)
+        tunnel = self.tunnel
+        self.agent.readiness["tunnel"] = lambda: tunnel.ready
         if self._latest is not None:
             self._kick()
 

@@ -56,6 +56,13 @@ def test_node_agent_follows_replicas_and_holds_certificates_for_its_pods(tmp_pat
                 assert status == 200 and dump["snapshot"]["node"] == "n1"
                 assert set(dump["snapshot"]["workloads"]) == {"shop/web", "shop/db", "shop/out"}
                 assert (await asyncio.to_thread(get, ports["ready"], "/healthz/ready"))[0] == 200
+                # A part that is not ready (the tunnel draining, say) makes the node not ready.
+                tunnel_ready = False
+                agent.readiness["tunnel"] = lambda: tunnel_ready
+                code, body = await asyncio.to_thread(get, ports["ready"], "/healthz/ready")
+                assert (code, body) == (503, b"not ready: tunnel\n")
+                tunnel_ready = True
+                assert (await asyncio.to_thread(get, ports["ready"], "/healthz/ready"))[0] == 200
                 metrics = (await asyncio.to_thread(get, ports["metrics"], "/metrics"))[1].decode()
                 assert "lacewing_xds_client_connected 1.0" in metrics
                 assert seen and seen[-1] is agent.snapshot
