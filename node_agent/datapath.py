@@ -244,7 +244,8 @@ class Datapath:
     def prepare_node(self) -> None:
         """The node-wide state that attaches nothing: the maps' netns cookie and node
         addresses, and the policy routing for marked packets."""
-        cfg = layout.CFG.pack(self._netns_cookie(), 1, 0)
+        up = self._ifindex(self.uplink, must=False) if self.uplink else None
+        cfg = layout.CFG.pack(self._netns_cookie(), 1, up or 0)
         self._map("lw_cfg").update(layout.U32.pack(0), cfg)
         self._refresh_local_addresses()
         attach.routing_install(self._ip(), self.settings)
@@ -372,6 +373,40 @@ class Datapath:
             name = link.get_attr("IFLA_IFNAME")
             if link["index"] != up and name not in veths:
                 attach.tc_detach(self._ip(), index=link["index"], settings=self.settings)
+
+    # ---- services -----------------------------------------------------------------------
+
+    def set_services(self, *, vips: Iterable[tuple[str, int]],
+                     backends: Iterable[tuple[str, int]] = ()) -> None:
+        """Make `lw_vips` hold exactly these: `vips`, the (cluster IP, port) pairs of Services
+        with an enrolled endpoint on this node (unenrolled pods' connections to them are
+        captured before the node's DNAT and balanced by the tunnel's :15006), and `backends`,
+        the (endpoint IP, port) pairs the tunnel may dial for them keeping an unenrolled
+        client's address (their replies go to the tunnel's socket). Entries not listed are
+        removed, so a VIP that no longer qualifies stops being captured."""
+        want: dict[bytes, int] = {}
+        for ip, port in vips:
+            key = layout.vip_key(ip, port)
+            want[key] = want.get(key, 0) | layout.VIP_SERVICE
+        for ip, port in backends:
+            key = layout.vip_key(ip, port)
+            want[key] = want.get(key, 0) | layout.VIP_BACKEND
+        m = self._map("lw_vips")
+        for k in list(m.keys()):
+            if k not in want:
+                m.delete(k)
+        for k, flags in want.items():
+            value = layout.U32.pack(flags)
+            if m.lookup(k) != value:
+                m.update(k, value)
+
+    def services(self) -> dict[tuple[str, int], int]:
+        """`lw_vips` as the kernel holds it: (address, port) -> VIP_* flags."""
+        out = {}
+        for k, v in self._map("lw_vips").items():
+            addr, port, _ = layout.VIP_KEY.unpack(k)
+            out[(socket.inet_ntoa(addr), int.from_bytes(port, "big"))] = layout.U32.unpack(v)[0]
+        return out
 
     # ---- reading ----------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from waypoint.streaming import RETRY_BUFFER_BYTES, Body
+
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
     "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "host",
@@ -54,6 +56,8 @@ class Request:
     keep_alive: bool = True
     version: str = "1.1"
     authority: str = ""
+    stream: Body | None = None                # the body, when it was still arriving
+
 
     def header(self, name: str) -> str | None:
         for n, v in self.headers:
@@ -69,16 +73,18 @@ class Response:
     body: bytes = b""
     keep_alive: bool = True
     trailers: list[tuple[str, str]] = field(default_factory=list)
+    stream: Body | None = None                # the body, when it was still arriving
 
 
 class RequestReader:
     """Feed bytes from a client; get complete requests. One reader per connection."""
 
     def __init__(self, *, max_head: int = 65536, max_headers: int = 100,
-                 max_body: int = 16 * 1024 * 1024) -> None:
+                 max_body: int | None = None, retain: int = RETRY_BUFFER_BYTES) -> None:
         self.max_head = max_head
         self.max_headers = max_headers
         self.max_body = max_body
+        self.retain = retain
         self._parser = httptools.HttpRequestParser(self)
         self._ready: list[Request] = []
         self._head_raw = 0
@@ -93,6 +99,8 @@ class RequestReader:
         self._head_bytes = 0
         self._in_head = False
         self._head_done = False
+        self._stream: Body | None = None
+        self._trailers: list[tuple[str, str]] = []
 
     # httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -104,9 +112,14 @@ class RequestReader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
-        if len(self._headers) >= self.max_headers or self._head_bytes > self.max_head:
+        if len(self._headers) + len(self._trailers) >= self.max_headers or \
+                self._head_bytes > self.max_head:
             raise ProtocolError(431, "headers_too_large")
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        field_ = (name.decode("latin-1").lower(), value.decode("latin-1"))
+        if self._head_done:
+            self._trailers.append(field_)   # a chunked body's trailer section
+        else:
+            self._headers.append(field_)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -127,11 +140,25 @@ class RequestReader:
 
     def on_body(self, data: bytes) -> None:
         self._body_len += len(data)
-        if self._body_len > self.max_body:
+        if self.max_body is not None and self._body_len > self.max_body:
             raise ProtocolError(413, "body_too_large")
-        self._body.append(data)
+        if self._stream is not None:
+            self._stream.feed(data)
+        else:
+            self._body.append(data)
 
     def on_message_complete(self) -> None:
+        stream = self._stream
+        if stream is not None:       # handed out already: its body is complete now
+            stream.end(self._trailers or None)
+        else:
+            self._ready.append(self._request(b"".join(self._body) if self._body else b"",
+                                             None))
+        self._stream = None
+        self._head_done = False
+        self._head_raw = 0
+
+    def _request(self, body: bytes, stream: Body | None) -> Request:
         p = self._parser
         headers = self._headers
         authority = ""
@@ -139,23 +166,45 @@ class RequestReader:
             if n == "host":
                 authority = v
                 break
-        self._ready.append(Request(
+        return Request(
             method=p.get_method().decode("ascii"),
             target=self._url.decode("latin-1"),
             headers=headers,
-            body=b"".join(self._body) if self._body else b"",
+            body=body,
             keep_alive=p.should_keep_alive(),
             version=p.get_http_version(),
             authority=authority,
-        ))
-        self._head_done = False
-        self._head_raw = 0
+            stream=stream,
+        )
+
+    def _start_stream(self) -> None:
+        """The head is complete but the body is still arriving: hand the request out now,
+        its body as a `Body` that the rest of the bytes go into (streaming)."""
+        length = None
+        for n, v in self._headers:
+            if n == "content-length":
+                length = int(v)
+        body = self._stream = Body(retain=self.retain, length=length)
+        for chunk in self._body:
+            body.feed(chunk)
+        self._body = []
+        self._ready.append(self._request(b"", body))
 
     # --------------------------------------------------------------------------------------
     @property
     def mid_request(self) -> bool:
-        """Some of a request has arrived but not all (for the slow-client timer)."""
+        """Some of a request has arrived but not all."""
         return self._in_head or self._head_done
+
+    @property
+    def in_head(self) -> bool:
+        """Part of a request head has arrived, not all of it (for the slow-client timer)."""
+        return self._in_head
+
+    @property
+    def streaming(self) -> Body | None:
+        """The body of the request being received, if it was handed out before it ended."""
+        return self._stream
 
     def feed(self, data: bytes) -> list[Request]:
         if not self._head_done:
@@ -179,15 +228,23 @@ class RequestReader:
             raise ProtocolError(400, "malformed", str(e)) from None
         if self._in_head and self._head_raw > self.max_head + 8192:
             raise ProtocolError(431, "headers_too_large")
+        if self._head_done and self._stream is None:
+            self._start_stream()
         ready, self._ready = self._ready, []
         return ready
+
+    def fail(self, reason: str) -> None:
+        """The connection ended (or broke) in the middle of a streamed body."""
+        if self._stream is not None:
+            self._stream.fail(reason)
+            self._stream = None
 
 
 class ResponseReader:
     """Feed bytes from an upstream; `done` once a whole response has arrived."""
 
     __slots__ = ("_parser", "status", "headers", "_body", "done", "keep_alive", "head_only",
-                 "_started")
+                 "_started", "head_complete", "stream", "trailers")
 
     def __init__(self, *, head_only: bool = False) -> None:
         self._parser = httptools.HttpResponseParser(self)
@@ -198,6 +255,9 @@ class ResponseReader:
         self.done = False
         self.keep_alive = True
         self._started = False
+        self.head_complete = False
+        self.stream: Body | None = None
+        self.trailers: list[tuple[str, str]] = []
 
     def reset(self) -> None:
         """Ready for the next response on the same keep-alive connection (same parser)."""
@@ -207,23 +267,34 @@ class ResponseReader:
         self.done = False
         self.keep_alive = True
         self._started = False
+        self.head_complete = False
+        self.stream = None
+        self.trailers = []
 
     def on_message_begin(self) -> None:
         self._started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        field_ = (name.decode("latin-1").lower(), value.decode("latin-1"))
+        if self.head_complete:
+            self.trailers.append(field_)   # a chunked body's trailer section
+        else:
+            self.headers.append(field_)
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
         if 100 <= self.status < 200 and self.status != 101:
             return  # informational (100 Continue, 103 Early Hints): the real answer follows
+        self.head_complete = True
         if self.head_only or self.status in (204, 304):
             self.keep_alive = self._parser.should_keep_alive()
             self.done = True
 
     def on_body(self, data: bytes) -> None:
-        self._body.append(data)
+        if self.stream is not None:
+            self.stream.feed(data)
+        else:
+            self._body.append(data)
 
     def on_message_complete(self) -> None:
         if 100 <= self.status < 200 and self.status != 101:
@@ -233,6 +304,21 @@ class ResponseReader:
             return
         self.keep_alive = self._parser.should_keep_alive()
         self.done = True
+        if self.stream is not None:
+            self.stream.end(self.trailers or None)
+
+    def start_stream(self) -> Response:
+        """Status and headers are complete, the body is not: the response to forward now,
+        its body a `Body` that the rest of the bytes go into."""
+        length = None
+        for n, v in self.headers:
+            if n == "content-length":
+                length = int(v)
+        body = self.stream = Body(retain=0, length=length)
+        for chunk in self._body:
+            body.feed(chunk)
+        self._body = []
+        return Response(self.status, self.headers, b"", True, stream=body)
 
     @property
     def started(self) -> bool:
@@ -256,6 +342,10 @@ class ResponseReader:
                 n in ("content-length", "transfer-encoding") for n, _ in self.headers):
             self.keep_alive = False
             self.done = True
+            if self.stream is not None:
+                self.stream.end()
+        elif self.stream is not None:
+            self.stream.fail("closed")
         return self.done
 
     def response(self) -> Response:
@@ -280,6 +370,51 @@ def serialize_request(method: str, target: str, authority: str,
     out += b"\r\n"
     if body:
         out += body
+    return bytes(out)
+
+
+def serialize_request_head(method: str, target: str, authority: str,
+                           headers: list[tuple[str, str]], length: int | None) -> bytes:
+    """The head of a request whose body follows as it arrives: `Content-Length` when the
+    length is known, else chunked."""
+    out = bytearray(f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n".encode("latin-1"))
+    for n, v in headers:
+        out += f"{n}: {v}\r\n".encode("latin-1")
+    out += (b"transfer-encoding: chunked\r\n" if length is None
+            else b"content-length: %d\r\n" % length)
+    out += b"\r\n"
+    return bytes(out)
+
+
+def serialize_response_head(status: int, headers: list[tuple[str, str]], *,
+                            length: int | None, keep_alive: bool, chunked: bool) -> bytes:
+    """The head of a response whose body follows as it arrives: `Content-Length` when known,
+    else chunked (HTTP/1.1 clients) or delimited by closing (`chunked=False`)."""
+    reason = REASONS.get(status, "")
+    out = bytearray(f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1"))
+    for n, v in headers:
+        out += f"{n}: {v}\r\n".encode("latin-1")
+    if length is not None:
+        out += b"content-length: %d\r\n" % length
+    elif chunked:
+        out += b"transfer-encoding: chunked\r\n"
+    if not keep_alive:
+        out += b"connection: close\r\n"
+    out += b"\r\n"
+    return bytes(out)
+
+
+def chunk(data: bytes) -> bytes:
+    """One piece of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: list[tuple[str, str]] | None = None) -> bytes:
+    """The end of a chunked body, with its trailer section."""
+    out = bytearray(b"0\r\n")
+    for n, v in trailers or ():
+        out += f"{n}: {v}\r\n".encode("latin-1")
+    out += b"\r\n"
     return bytes(out)
 
 

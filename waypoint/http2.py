@@ -28,6 +28,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from waypoint.streaming import RETRY_BUFFER_BYTES, Body
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -36,6 +38,7 @@ class RequestReady:
     stream_id: int
     headers: list[tuple[str, str]]   # pseudo-headers included, names lower-case
     body: bytes
+    stream: Body | None = None       # the body, when it was still arriving (streaming)
 
     def pseudo(self, name: str) -> str:
         for n, v in self.headers:
@@ -51,10 +54,28 @@ class _Stream:
     size: int = 0
 
 
+class _Out:
+    """What is queued for one stream: pieces of body, then (once `end`) trailers or
+    END_STREAM. Sent as far as flow control allows (`flush`)."""
+
+    __slots__ = ("chunks", "trailers", "end", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[memoryview] = []
+        self.trailers: list[tuple[str, str]] | None = None
+        self.end = False
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(memoryview(data))
+            self.size += len(data)
+
+
 class H2Server:
     def __init__(self, *, max_concurrent: int = 100, max_head: int = 65536,
-                 max_body: int = 16 * 1024 * 1024, max_resets: int = 200,
-                 reset_window_s: float = 1.0) -> None:
+                 max_body: int | None = None, max_resets: int = 200,
+                 reset_window_s: float = 1.0, retain: int = RETRY_BUFFER_BYTES) -> None:
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
                                         validate_inbound_headers=True,
                                         normalize_inbound_headers=True)
@@ -67,11 +88,13 @@ class H2Server:
         self.conn.initiate_connection()
         self.max_head = max_head
         self.max_body = max_body
+        self.retain = retain
         self.max_resets = max_resets
         self.reset_window_s = reset_window_s
         self._resets: list[float] = []
         self._streams: dict[int, _Stream] = {}
-        self._pending: dict[int, tuple[memoryview, list | None]] = {}  # not yet sent
+        self._live: dict[int, Body] = {}      # request bodies handed out while arriving
+        self._pending: dict[int, _Out] = {}  # not yet sent
         self.closed = False
         self.errors: list[str] = []
 
@@ -88,7 +111,11 @@ class H2Server:
         self.closed = True
 
     def feed(self, data: bytes, now: float) -> list[RequestReady | int]:
-        """Returns complete requests, and the ids (ints) of streams the client reset."""
+        """Returns requests, and the ids (ints) of streams the client reset.
+
+        A request whose stream ended within these bytes comes whole (`body`); one whose
+        body is still arriving comes with `stream`, a `Body` that later DATA goes into —
+        acknowledged to the client only as the proxy consumes it (`Body.consumed`)."""
         if self.closed:
             return []
         try:
@@ -111,12 +138,21 @@ class H2Server:
                 if ev.stream_ended is not None:
                     out.append(self._complete(ev.stream_id))
             elif isinstance(ev, h2.events.DataReceived):
+                live = self._live.get(ev.stream_id)
+                if live is not None:
+                    live.feed(ev.data)    # acknowledged when consumed
+                    if ev.flow_controlled_length > len(ev.data):   # padding
+                        self.conn.acknowledge_received_data(
+                            ev.flow_controlled_length - len(ev.data), ev.stream_id)
+                    if ev.stream_ended is not None:
+                        self._end_live(ev.stream_id, None)
+                    continue
                 st = self._streams.get(ev.stream_id)
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 if st is None:
                     continue
                 st.size += len(ev.data)
-                if st.size > self.max_body:
+                if self.max_body is not None and st.size > self.max_body:
                     self.errors.append("body_too_large")
                     del self._streams[ev.stream_id]
                     self._respond_now(ev.stream_id, 413)
@@ -124,12 +160,23 @@ class H2Server:
                 st.body.append(ev.data)
                 if ev.stream_ended is not None:
                     out.append(self._complete(ev.stream_id))
+            elif isinstance(ev, h2.events.TrailersReceived):
+                if ev.stream_id in self._live:
+                    self._end_live(ev.stream_id, [(n, v) for n, v in ev.headers])
+                elif ev.stream_id in self._streams:
+                    out.append(self._complete(ev.stream_id))
             elif isinstance(ev, h2.events.StreamEnded):
-                if ev.stream_id in self._streams:
+                if ev.stream_id in self._live:
+                    self._end_live(ev.stream_id, None)
+                elif ev.stream_id in self._streams:
                     out.append(self._complete(ev.stream_id))
             elif isinstance(ev, h2.events.StreamReset):
                 self._streams.pop(ev.stream_id, None)
                 self._pending.pop(ev.stream_id, None)
+                live = self._live.pop(ev.stream_id, None)
+                if live is not None:
+                    live.fail("reset")
+                    live.release()
                 out.append(ev.stream_id)
                 self._resets.append(now)
                 cutoff = now - self.reset_window_s
@@ -142,7 +189,49 @@ class H2Server:
                 self._flush()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.closed = True
+        # Streams whose headers came but whose body is still arriving: hand them out now.
+        for sid in [sid for sid in self._streams if sid not in self._live]:
+            st = self._streams.pop(sid)
+            body = Body(retain=self.retain, length=_length(st.headers),
+                        on_consumed=lambda n, sid=sid: self._ack(sid, n))
+            for chunk in st.body:
+                body.feed(chunk)
+            body.acked = len(body.chunks)       # acknowledged on arrival, as before
+            body.acked_bytes = body.size
+            self._live[sid] = body
+            out.append(RequestReady(sid, st.headers, b"", body))
         return [x for x in out if x is not None]
+
+    def _end_live(self, sid: int, trailers: list[tuple[str, str]] | None) -> None:
+        body = self._live.pop(sid, None)
+        if body is not None:
+            body.end(trailers)
+
+    def _ack(self, sid: int, n: int) -> None:
+        try:
+            self.conn.acknowledge_received_data(n, sid)
+        except (h2.exceptions.ProtocolError, KeyError):
+            pass
+
+    def abandon(self, stream_id: int) -> None:
+        """The answer is complete while the client is still sending: stop the stream
+        (RST_STREAM NO_ERROR, RFC 9113 §8.1) and give back the window of what it sent."""
+        body = self._live.pop(stream_id, None)
+        if body is not None:
+            body.fail("abandoned")
+            body.release()
+            self.reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def reset(self, stream_id: int, code=h2.errors.ErrorCodes.CANCEL) -> None:
+        self._pending.pop(stream_id, None)
+        body = self._live.pop(stream_id, None)
+        if body is not None:
+            body.fail("reset")
+            body.release()
+        try:
+            self.conn.reset_stream(stream_id, error_code=code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            pass
 
     def _complete(self, stream_id: int) -> RequestReady | None:
         st = self._streams.pop(stream_id, None)
@@ -169,33 +258,89 @@ class H2Server:
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return  # the client reset the stream meanwhile
         if body or trailers:
-            self._pending[stream_id] = (memoryview(body), trailers or None)
+            o = self._pending[stream_id] = _Out()
+            o.add(body)
+            o.trailers, o.end = trailers or None, True
             self._flush()
+
+    # --- a response streamed: head, pieces as they arrive, then trailers or the end -------
+    def respond_head(self, stream_id: int, status: int, headers: list[tuple[str, str]],
+                     length: int | None) -> bool:
+        if self.closed:
+            return False
+        hs = [(":status", str(status))] + [(n, v) for n, v in headers
+                                             if n not in _H2_FORBIDDEN]
+        if length is not None:
+            hs.append(("content-length", str(length)))
+        try:
+            self.conn.send_headers(stream_id, hs, end_stream=False)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return False
+        self._pending[stream_id] = _Out()
+        return True
+
+    def send(self, stream_id: int, data: bytes) -> None:
+        o = self._pending.get(stream_id)
+        if o is not None:
+            o.add(data)
+            self._flush()
+
+    def end(self, stream_id: int, trailers: list[tuple[str, str]] | None = None) -> None:
+        o = self._pending.get(stream_id)
+        if o is not None:
+            o.trailers, o.end = trailers or None, True
+            self._flush()
+
+    def unsent(self, stream_id: int) -> int | None:
+        """Bytes queued for the stream and not yet sent (flow control); None: stream gone."""
+        o = self._pending.get(stream_id)
+        return None if o is None else o.size
+
+    def live(self, stream_id: int) -> bool:
+        return stream_id in self._pending
 
     def _flush(self) -> None:
         flush(self.conn, self._pending)
 
 
-def flush(conn: h2.connection.H2Connection,
-          pending: dict[int, tuple[memoryview, list | None]]) -> None:
-    """Send queued bodies as far as flow control allows; trailers (if any) end the stream."""
+def _length(headers: list[tuple[str, str]]) -> int | None:
+    for n, v in headers:
+        if n == "content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
+
+
+def flush(conn: h2.connection.H2Connection, pending: dict[int, _Out]) -> None:
+    """Send queued bodies as far as flow control allows; trailers (if any) end the stream.
+    A stream stays queued (possibly empty) until it has ended."""
     for sid in list(pending):
-        view, trailers = pending[sid]
+        o = pending[sid]
         try:
+            chunks = o.chunks
+            ended = False
             window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-            while window > 0 and view:
-                chunk, view = view[:window], view[window:]
-                conn.send_data(sid, bytes(chunk), end_stream=not view and not trailers)
+            while window > 0 and chunks:
+                view = chunks[0]
+                part = view[:window]
+                if len(part) == len(view):
+                    chunks.pop(0)
+                else:
+                    chunks[0] = view[window:]
+                o.size -= len(part)
+                ended = not chunks and o.end and not o.trailers
+                conn.send_data(sid, bytes(part), end_stream=ended)
                 window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-            if not view and trailers:
-                conn.send_headers(sid, trailers, end_stream=True)
+            if not chunks and o.end:
+                if o.trailers:
+                    conn.send_headers(sid, o.trailers, end_stream=True)
+                elif not ended:     # ended with nothing left to send: an empty END_STREAM
+                    conn.end_stream(sid)
+                del pending[sid]
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             pending.pop(sid, None)
-            continue
-        if view:
-            pending[sid] = (view, trailers)
-        else:
-            del pending[sid]
 
 
 @dataclass(slots=True)
@@ -205,10 +350,14 @@ class ResponseReady:
     headers: list[tuple[str, str]]     # without pseudo-headers
     body: bytes
     trailers: list[tuple[str, str]]
+    stream: Body | None = None         # the body, when it was still arriving (streaming)
 
 
 class H2Client:
-    """The upstream side: requests as streams on one connection, whole responses back."""
+    """The upstream side: requests as streams on one connection (their bodies whole, or
+    streamed with `send`/`end`); responses back whole when they end within one read, else as
+    soon as their headers are in, the body following in a `Body` (acknowledged to the server
+    only as the proxy consumes it)."""
 
     def __init__(self) -> None:
         cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
@@ -217,7 +366,8 @@ class H2Client:
         self.conn = h2.connection.H2Connection(config=cfg)
         self.conn.initiate_connection()
         self._streams: dict[int, dict] = {}
-        self._pending: dict[int, tuple[memoryview, list | None]] = {}
+        self._live: dict[int, Body] = {}
+        self._pending: dict[int, _Out] = {}
         self.closed = False
 
     def data_to_send(self) -> bytes:
@@ -225,37 +375,93 @@ class H2Client:
 
     @property
     def open_streams(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + len(self._live)
 
-    def request(self, headers: list[tuple[str, str]], body: bytes) -> int:
+    def request(self, headers: list[tuple[str, str]], body: bytes, *, end: bool = True) -> int:
+        """Open a stream; `end=False`: the body follows with `send` and `end`."""
         sid = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(sid, headers, end_stream=not body)
+        self.conn.send_headers(sid, headers, end_stream=end and not body)
         self._streams[sid] = {"status": 0, "headers": [], "body": [], "trailers": []}
-        if body:
-            self._pending[sid] = (memoryview(body), None)
+        if body or not end:
+            o = self._pending[sid] = _Out()
+            o.add(body)
+            o.end = end
             flush(self.conn, self._pending)
         return sid
+
+    def send(self, sid: int, data: bytes) -> None:
+        o = self._pending.get(sid)
+        if o is not None:
+            o.add(data)
+            flush(self.conn, self._pending)
+
+    def end(self, sid: int, trailers: list[tuple[str, str]] | None = None) -> None:
+        o = self._pending.get(sid)
+        if o is not None:
+            o.trailers, o.end = trailers or None, True
+            flush(self.conn, self._pending)
+
+    def unsent(self, sid: int) -> int | None:
+        """Request bytes queued and not yet sent (flow control); None: nothing queued."""
+        o = self._pending.get(sid)
+        return None if o is None else o.size
 
     def cancel(self, sid: int) -> None:
         self._streams.pop(sid, None)
         self._pending.pop(sid, None)
+        body = self._live.pop(sid, None)
+        if body is not None:
+            body.fail("cancelled")
+            body.release()
         try:
             self.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             pass
 
+    def _ack(self, sid: int, n: int) -> None:
+        try:
+            self.conn.acknowledge_received_data(n, sid)
+        except (h2.exceptions.ProtocolError, KeyError):
+            pass
+
+    def fail_all(self, reason: str) -> None:
+        for body in self._live.values():
+            body.fail(reason)
+        self._live.clear()
+
     def feed(self, data: bytes) -> list[ResponseReady | int]:
-        """Complete responses, and the ids (ints) of streams the server reset."""
+        """Responses (whole, or with `stream`), and the ids (ints) of streams the server
+        reset."""
         if self.closed:
             return []
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
             self.closed = True
+            self.fail_all("protocol_error")
             return []
         out: list[ResponseReady | int] = []
         for ev in events:
-            st = self._streams.get(getattr(ev, "stream_id", 0) or 0)
+            sid = getattr(ev, "stream_id", 0) or 0
+            live = self._live.get(sid)
+            if live is not None:
+                if isinstance(ev, h2.events.DataReceived):
+                    live.feed(ev.data)   # acknowledged when consumed
+                    if ev.flow_controlled_length > len(ev.data):
+                        self._ack(sid, ev.flow_controlled_length - len(ev.data))
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    live.trailers = [(n, v) for n, v in ev.headers]
+                elif isinstance(ev, h2.events.StreamEnded):
+                    del self._live[sid]
+                    live.end(live.trailers)
+                elif isinstance(ev, h2.events.StreamReset):
+                    del self._live[sid]
+                    self._pending.pop(sid, None)
+                    live.fail("reset")
+                    live.release()
+                    out.append(sid)
+                continue
+            st = self._streams.get(sid)
             if isinstance(ev, h2.events.ResponseReceived) and st is not None:
                 for n, v in ev.headers:
                     if n == ":status":
@@ -280,6 +486,19 @@ class H2Client:
                 flush(self.conn, self._pending)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.closed = True
+        # Responses whose headers came but whose body is still arriving: hand them out now.
+        for sid in [sid for sid, st in self._streams.items() if st["status"] >= 200]:
+            st = self._streams.pop(sid)
+            body = Body(retain=0, length=_length(st["headers"]),
+                        on_consumed=lambda n, sid=sid: self._ack(sid, n))
+            for chunk in st["body"]:
+                body.feed(chunk)
+            body.acked = len(body.chunks)       # acknowledged on arrival
+            body.acked_bytes = body.size
+            self._live[sid] = body
+            out.append(ResponseReady(sid, st["status"], st["headers"], b"", [], body))
+        if self.closed:
+            self.fail_all("closed")
         return out
 
 

@@ -41,6 +41,7 @@ from waypoint.pool import PoolCounters, PoolLimits
 from waypoint.ratelimit import TokenBucket
 from waypoint.router import RequestView, apply_header_ops, select_route
 from waypoint.router import plan as make_plan
+from waypoint.streaming import HIGH_WATER_BYTES, Body
 from waypoint.telemetry import TRACE_HEADERS, Metrics, Tracing
 
 CONNECT_TIMEOUT_S = 5.0
@@ -74,6 +75,7 @@ class Incoming:
     source_ip: str | None = None
     protocol: str = "http"             # "http", "http2" or "grpc" (metrics)
     service_target: tuple[str, int] | None = None  # (service uid, port) a tunnel named
+    stream: Body | None = None         # the body, when it was still arriving (streaming)
 
 
 @dataclass(slots=True)
@@ -83,6 +85,26 @@ class Outgoing:
     body: bytes
     flags: str = "-"
     trailers: list[tuple[str, str]] | None = None
+    stream: Body | None = None         # a body still arriving from upstream: `Waypoint.relay`
+    deadline: Deadline | None = None   # the route timeout, still running while it streams
+    cleanup: list | None = None        # callables run when the stream is over
+    finish: tuple | None = None        # what `relay` needs to record metrics and the span
+
+
+async def wait_for_more(body: Body) -> None:
+    """Until the body changes (a piece, its end, or its failure)."""
+    fut = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    body.waiters.append(wake)
+    try:
+        await fut
+    finally:
+        with contextlib.suppress(ValueError):
+            body.waiters.remove(wake)
 
 
 # --- node tunnels ----------------------------------------------------------------------------
@@ -162,7 +184,7 @@ def peer_identity(transport) -> str | None:
 
 class UpstreamConn(asyncio.Protocol):
     __slots__ = ("state", "host", "transport", "reader", "future", "closed", "served",
-                 "tunnel", "ready", "_reply")
+                 "tunnel", "ready", "_reply", "write_paused", "drainers", "read_paused")
 
     def __init__(self, state: ClusterState, host: Host, tunnel: TunnelHop | None = None
                  ) -> None:
@@ -176,6 +198,31 @@ class UpstreamConn(asyncio.Protocol):
         self.tunnel = tunnel
         self.ready: asyncio.Future | None = None
         self._reply = None
+        self.write_paused = False
+        self.read_paused = False
+        self.drainers: list[asyncio.Future] = []
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_drainers()
+
+    def _wake_drainers(self) -> None:
+        drainers, self.drainers = self.drainers, []
+        for f in drainers:
+            if not f.done():
+                f.set_result(None)
+
+    async def drain(self) -> None:
+        """Until the transport's write buffer is below its high-water mark (or it closed)."""
+        if self.write_paused and not self.closed:
+            fut = asyncio.get_running_loop().create_future()
+            self.drainers.append(fut)
+            await fut
+        if self.closed:
+            raise UpstreamFailure(retry.RESET, "upstream connection closed")
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -234,6 +281,9 @@ class UpstreamConn(asyncio.Protocol):
             self._tunnel_reply(data)
             return
         reader, fut = self.reader, self.future
+        if reader is not None and reader.stream is not None and not reader.done:
+            self._stream_data(reader, data)  # the body of a response already forwarded
+            return
         if reader is None or fut is None or fut.done():
             self.close()  # bytes nobody asked for: this connection is out of step
             return
@@ -245,10 +295,38 @@ class UpstreamConn(asyncio.Protocol):
             return
         if reader.done:
             fut.set_result(reader.response())
+        elif reader.head_complete:
+            # Status and headers are in, the body is still coming: forward them now.
+            resp = reader.start_stream()
+            resp.stream.on_consumed = self._consumed
+            fut.set_result(resp)
+
+    def _stream_data(self, reader: http1.ResponseReader, data: bytes) -> None:
+        body = reader.stream
+        try:
+            reader.feed(data)
+        except http1.ProtocolError as e:
+            body.fail(e.kind)
+            self.abort()
+            return
+        if not reader.done and body.unconsumed > HIGH_WATER_BYTES and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _consumed(self, _n: int) -> None:
+        reader = self.reader
+        if self.read_paused and not self.closed and (
+                reader is None or reader.stream is None
+                or reader.stream.unconsumed <= HIGH_WATER_BYTES // 2):
+            self.read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
 
     def connection_lost(self, exc) -> None:
         if not self.closed:
             self.closed = True
+        self._wake_drainers()
+        if self.reader is not None and self.reader.stream is not None and not self.reader.done:
+            self.reader.feed_eof()     # ends a close-delimited body, else fails it
         if self.ready is not None and not self.ready.done():
             self.ready.set_exception(UpstreamFailure(retry.CONNECT_FAILURE,
                                                      "node tunnel closed the connection"))
@@ -273,31 +351,82 @@ class UpstreamConn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def exchange(self, payload: bytes, *, head_only: bool) -> http1.Response:
+    async def exchange(self, payload: bytes, *, head_only: bool,
+                       body: Body | None = None) -> http1.Response:
+        """Send a request (`payload`; with `body`, only its head — the body follows as it
+        arrives) and wait for the response: whole, or with its body streaming in."""
         reader = self.reader
         if reader is None or head_only or reader.head_only or not reader.done:
             self.reader = http1.ResponseReader(head_only=head_only)
         else:
             reader.reset()
-        self.future = fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.future = fut = loop.create_future()
         self.transport.write(payload)  # type: ignore[union-attr]
+        pump = loop.create_task(self._send_body(body)) if body is not None else None
         try:
-            return await fut
+            resp = await fut
+        except BaseException:
+            if pump is not None:
+                pump.cancel()
+            raise
         finally:
             self.future = None
             self.served += 1
+        if pump is not None and not pump.done():
+            # Answered before the request body was all sent: the connection cannot be
+            # reused; stop sending when the answer is over (or now, if it is whole).
+            resp.keep_alive = False
+            if resp.stream is None:
+                pump.cancel()
+            else:
+                resp.stream.on_done.append(lambda _ok: pump.cancel())
+        return resp
+
+    async def _send_body(self, body: Body) -> None:
+        """Copy a request body upstream as it arrives (chunked when its length is unknown),
+        acknowledging each piece downstream only once it is written here."""
+        chunked = body.length is None
+        pos = 0
+        write = self.transport.write  # type: ignore[union-attr]
+        try:
+            while True:
+                chunks, new = body.read(pos)
+                if chunks:
+                    for c in chunks:
+                        write(http1.chunk(c) if chunked else c)
+                    pos = new
+                    await self.drain()
+                    body.consumed(pos)
+                elif body.ended:
+                    if chunked:
+                        write(http1.last_chunk(body.trailers))
+                    return
+                elif body.error is not None:
+                    self.abort()         # the client went away mid-body: so does this request
+                    return
+                else:
+                    await wait_for_more(body)
+        except UpstreamFailure:
+            return
 
 
 class UpstreamH2Conn(UpstreamConn):
     """One HTTP/2 connection to an endpoint (gRPC): each request is a stream on it."""
 
-    __slots__ = ("h2", "waiting")
+    __slots__ = ("h2", "waiting", "window_waiters")
 
     def __init__(self, state: ClusterState, host: Host, tunnel: TunnelHop | None = None
                  ) -> None:
         super().__init__(state, host, tunnel)
         self.h2 = http2.H2Client()
         self.waiting: dict[int, asyncio.Future] = {}
+        self.window_waiters: list[asyncio.Future] = []
+
+    def _write(self) -> None:
+        out = self.h2.data_to_send()
+        if out and not self.closed:
+            self.transport.write(out)  # type: ignore[union-attr]
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -319,38 +448,107 @@ class UpstreamH2Conn(UpstreamConn):
             else:
                 fut = self.waiting.pop(ev.stream_id, None)
                 if fut is not None and not fut.done():
+                    if ev.stream is not None:
+                        ack = ev.stream.on_consumed
+
+                        def consumed(n: int, ack=ack) -> None:
+                            ack(n)
+                            self._write()
+                        ev.stream.on_consumed = consumed
                     fut.set_result(http1.Response(ev.status, ev.headers, ev.body, True,
-                                                  ev.trailers))
+                                                  ev.trailers, ev.stream))
+                elif ev.stream is not None:
+                    self.h2.cancel(ev.stream_id)   # nobody waits for it any more
         out = self.h2.data_to_send()
         if out:
             self.transport.write(out)
+        self._wake_windows()
         if self.h2.closed:
             self.close()
+
+    def _wake_windows(self) -> None:
+        waiters, self.window_waiters = self.window_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
 
     def connection_lost(self, exc) -> None:
         for fut in self.waiting.values():
             if not fut.done():
                 fut.set_exception(UpstreamFailure(retry.RESET, "upstream connection closed"))
         self.waiting.clear()
+        self.h2.fail_all("closed")
+        self._wake_windows()
         super().connection_lost(exc)
 
-    async def exchange_h2(self, request: tuple[list, bytes]) -> http1.Response:
+    async def _send_stream_body(self, sid: int, body: Body) -> None:
+        """Copy a request body onto its stream as it arrives, within the upstream's flow
+        control windows; a piece is acknowledged downstream once it is written here."""
+        loop = asyncio.get_running_loop()
+        pos = 0
+        h2c = self.h2
+        while not self.closed:
+            chunks, new = body.read(pos)
+            if chunks:
+                for c in chunks:
+                    h2c.send(sid, c)
+                self._write()
+                pos = new
+                while (h2c.unsent(sid) or 0) > 0 and not self.closed:
+                    fut = loop.create_future()
+                    self.window_waiters.append(fut)
+                    await fut
+                if h2c.unsent(sid) is None and not body.finished:
+                    return               # the stream is gone (reset, or answered and over)
+                body.consumed(pos)
+            elif body.ended:
+                h2c.end(sid, body.trailers)
+                self._write()
+                return
+            elif body.error is not None:
+                h2c.cancel(sid)          # the client cancelled: so does this stream
+                self._write()
+                return
+            else:
+                await wait_for_more(body)
+
+    async def exchange_h2(self, request: tuple[list, bytes],
+                          stream: Body | None = None) -> http1.Response:
+        """One request as a stream; with `stream`, its body follows as it arrives (and may
+        still be flowing while the response streams back: bidirectional gRPC)."""
         if self.closed:
             raise UpstreamFailure(retry.RESET, "upstream connection closed", fresh=False)
         headers, body = request
-        sid = self.h2.request(headers, body)
-        fut = self.waiting[sid] = asyncio.get_running_loop().create_future()
+        sid = self.h2.request(headers, body, end=stream is None)
+        loop = asyncio.get_running_loop()
+        fut = self.waiting[sid] = loop.create_future()
         self.transport.write(self.h2.data_to_send())  # type: ignore[union-attr]
+        pump = loop.create_task(self._send_stream_body(sid, stream)) if stream is not None else None
         try:
-            return await fut
-        except asyncio.CancelledError:
-            self.waiting.pop(sid, None)
-            self.h2.cancel(sid)
-            if not self.closed:
-                self.transport.write(self.h2.data_to_send())  # type: ignore[union-attr]
+            resp = await fut
+        except BaseException as e:
+            if pump is not None:
+                pump.cancel()
+            if isinstance(e, asyncio.CancelledError) or pump is not None:
+                self.waiting.pop(sid, None)
+                self.h2.cancel(sid)
+                self._write()
             raise
         finally:
             self.served += 1
+        if resp.stream is not None:
+            def over(ok: bool) -> None:
+                if pump is not None and not pump.done():
+                    pump.cancel()
+                if not ok:
+                    self.h2.cancel(sid)    # RST_STREAM: the other side's cancel, passed on
+                    self._write()
+            resp.stream.on_done.append(over)
+        elif pump is not None and not pump.done():
+            pump.cancel()                  # answered whole before the request ended
+            self.h2.cancel(sid)
+            self._write()
+        return resp
 
 
 class ClusterState:
@@ -777,9 +975,72 @@ class Waypoint:
         if rq.protocol == "grpc" and out.status != 200 and (out.flags != "-" or host is None):
             out = grpc_local_reply(out)
         span.set_attribute("http.response.status_code", out.status)
+        if out.stream is not None:      # metrics and span when the stream is over (`relay`)
+            out.finish = (rq, svc, host, span, start)
+            return out
         span.end()
         self._observe(rq, svc, host, out, start)
         return out
+
+    async def relay(self, out: Outgoing, sink) -> bool:
+        """Forward a streamed response body downstream as it arrives, then its trailers.
+
+        `sink` is the downstream side: `start(status, headers, length) -> bool`,
+        `await data(bytes)` (returns once the bytes are written there, so a slow client
+        back-pressures the upstream), `end(trailers)`, `reset()`. The route timeout still
+        runs (Envoy's: it covers the whole stream); when it fires, or the upstream resets,
+        the downstream stream is reset (headers are gone: no 504 any more). When the client
+        goes away the upstream stream is cancelled. Metrics and the span are recorded at the
+        end, with the bytes that went through. True when the response was complete."""
+        body = out.stream
+        pos = sent = 0
+        ok = False
+        try:
+            if sink.start(out.status, out.headers, body.length):
+                while True:
+                    chunks, new = body.read(pos)
+                    if chunks:
+                        for c in chunks:
+                            await sink.data(c)
+                            sent += len(c)
+                        pos = new
+                        body.consumed(pos)
+                    elif body.ended:
+                        out.trailers = body.trailers
+                        sink.end(body.trailers)
+                        ok = True
+                        break
+                    elif body.error is not None:
+                        out.flags = "UR"       # upstream reset mid-stream
+                        sink.reset()
+                        break
+                    else:
+                        await wait_for_more(body)
+            else:
+                out.flags = "DC"
+        except asyncio.CancelledError:
+            if out.deadline is not None and self.deadlines.expired(out.deadline):
+                out.flags = "UT"
+                sink.reset()
+            else:
+                out.flags = "DC"           # the client went away (or reset its stream)
+                raise
+        except (ConnectionError, UpstreamFailure):
+            out.flags = "DC"
+            sink.reset()
+        finally:
+            if not body.finished:
+                body.fail("cancelled")    # cancels the upstream stream / connection
+            if out.deadline is not None:
+                self.deadlines.disarm(out.deadline)
+            for cb in out.cleanup or ():
+                cb()
+            if out.finish is not None:
+                rq, svc, host, span, start = out.finish
+                out.finish = None
+                span.end()
+                self._observe(rq, svc, host, out, start, resp_bytes=sent)
+        return ok
 
     def _local(self, status: int, flags: str, extra: list[tuple[str, str]] | None = None,
                body: bytes | None = None) -> Outgoing:
@@ -865,7 +1126,7 @@ class Waypoint:
         uri = f"{path}?{target.query}" if target.query else path
         if mirror is not None:
             self._start_mirror(mirror, namespace, dest_port, rq.method, uri, authority,
-                               out_headers, rq.body)
+                               out_headers, rq.body, rq.stream)
         host, out = await self._forward(state, policy, timeout_s, rq, uri, authority,
                                         out_headers, attrs, target.path, port, headers)
         for ops in resp_ops:
@@ -901,12 +1162,17 @@ class Waypoint:
         if not counters.admit_request():
             self.metrics.overflow.labels(state.cluster.name, "requests").inc()
             return None, self._local(503, "UO", [("x-envoy-overloaded", "true")])
+        stream = rq.stream
         if state.cluster.h2:
             payload = h2_request(rq.method, uri, authority, headers, rq.body,
                                  req_headers.get("te") == "trailers")
+        elif stream is not None:
+            payload = http1.serialize_request_head(rq.method, uri, authority, headers,
+                                                   stream.length)
         else:
             payload = http1.serialize_request(rq.method, uri, authority, headers, rq.body)
         head_only = rq.method == "HEAD"
+        handed = False
         tried: list[str] = []
         host: Host | None = None
         last: Outgoing | None = None
@@ -932,7 +1198,7 @@ class Waypoint:
                                     if policy.per_try_timeout_s else None)
                     try:
                         try:
-                            resp = await self._try(state, host, payload, head_only)
+                            resp = await self._try(state, host, payload, head_only, stream)
                         except asyncio.CancelledError:
                             if try_deadline is not None and self.deadlines.expired(try_deadline):
                                 raise TimeoutError from None
@@ -944,7 +1210,7 @@ class Waypoint:
                         last = Outgoing(resp.status, [(n, v) for n, v in resp.headers
                                                       if n not in http1.HOP_BY_HOP
                                                       or (head_only and n == "content-length")],
-                                        resp.body, "-", resp.trailers or None)
+                                        resp.body, "-", resp.trailers or None, resp.stream)
                         grpc_code = _grpc_status(last) if state.cluster.h2 else "-"
                     except TimeoutError:
                         outcome, last, grpc_code = retry.TIMEOUT, self._local(504, "UT"), "-"
@@ -961,11 +1227,19 @@ class Waypoint:
                         holding_retry = False
                     retriable = policy.retriable(outcome) or (
                         grpc_code.isdigit() and policy.retriable_grpc(int(grpc_code)))
-                    if retries >= policy.attempts or not retriable:
+                    if stream is not None and not stream.replayable:
+                        retriable = False      # Envoy: retry buffer overflow, no retry
+                    if retries >= policy.attempts or not retriable or \
+                            not counters.admit_retry():
+                        if retries < policy.attempts and retriable:
+                            self.metrics.overflow.labels(state.cluster.name, "retries").inc()
+                        if last.stream is not None:   # goes downstream as it arrives
+                            handed = True
+                            last.deadline = route_deadline
+                            last.cleanup = [self._request_over(counters)]
                         return host, last
-                    if not counters.admit_retry():
-                        self.metrics.overflow.labels(state.cluster.name, "retries").inc()
-                        return host, last
+                    if last.stream is not None:
+                        last.stream.fail("discarded")  # this answer is replaced by a retry
                     holding_retry = True
                     retries += 1
                     await asyncio.sleep(policy.backoff_s(retries, self.rng))
@@ -974,20 +1248,27 @@ class Waypoint:
                 return host, self._local(504, "UT")
             raise
         finally:
-            if route_deadline is not None:
-                self.deadlines.disarm(route_deadline)
-            counters.requests -= 1
+            if not handed:
+                if route_deadline is not None:
+                    self.deadlines.disarm(route_deadline)
+                counters.requests -= 1
             if holding_retry:
                 counters.retries -= 1
 
+    @staticmethod
+    def _request_over(counters: PoolCounters):
+        def over() -> None:
+            counters.requests -= 1
+        return over
+
     async def _try(self, state: ClusterState, host: Host, payload,
-                   head_only: bool) -> http1.Response:
+                   head_only: bool, stream: Body | None = None) -> http1.Response:
         if state.cluster.h2:
             for _ in range(2):
                 conn2 = await state.acquire_h2(host)
                 state.in_flight[host.address] = state.in_flight.get(host.address, 0) + 1
                 try:
-                    return await conn2.exchange_h2(payload)
+                    return await conn2.exchange_h2(payload, stream)
                 except UpstreamFailure as e:
                     if not e.fresh:
                         continue  # the shared connection had just closed: make a new one
@@ -999,10 +1280,10 @@ class Waypoint:
             conn = await state.acquire(host)
             state.in_flight[host.address] = state.in_flight.get(host.address, 0) + 1
             try:
-                resp = await conn.exchange(payload, head_only=head_only)
+                resp = await conn.exchange(payload, head_only=head_only, body=stream)
             except UpstreamFailure as e:
                 conn.abort()
-                if not e.fresh:
+                if not e.fresh and (stream is None or stream.replayable):
                     continue  # a pooled connection the upstream had closed: use a new one
                 raise
             except BaseException:
@@ -1010,12 +1291,21 @@ class Waypoint:
                 raise
             finally:
                 state.in_flight[host.address] -= 1
+            if resp.stream is not None:
+                # The connection carries the rest of the body: back to the pool at its end.
+                def over(ok: bool, conn=conn, resp=resp) -> None:
+                    reuse = ok and resp.keep_alive and conn.reader is not None and \
+                        conn.reader.keep_alive
+                    state.release(conn, reuse=reuse)
+                resp.stream.on_done.append(over)
+                return resp
             state.release(conn, reuse=resp.keep_alive)
             return resp
         raise UpstreamFailure(retry.RESET, "pooled connections kept failing")
 
     def _start_mirror(self, dest, namespace: str, port: int, method: str, uri: str,
-                      authority: str, headers: list[tuple[str, str]], body: bytes) -> None:
+                      authority: str, headers: list[tuple[str, str]], body: bytes,
+                      stream: Body | None = None) -> None:
         svc = self.config.service_by_fqdn(dest.host, namespace)
         if svc is None:
             return
@@ -1026,25 +1316,38 @@ class Waypoint:
         state = self.state_for(cluster)
         host_part, sep, port_part = authority.partition(":")
         shadow = f"{host_part}-shadow{sep}{port_part}"
-        if state.cluster.h2:
-            payload = h2_request(method, uri, shadow, headers, body, False)
-        else:
-            payload = http1.serialize_request(method, uri, shadow, headers, body)
 
         async def run() -> None:
-            h = state.pick(self.clock(), [])
-            if h is None:
-                return
+            data = body
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(30):
-                    await self._try(state, h, payload, method == "HEAD")
+                    if stream is not None:
+                        # A streamed body is mirrored once it has ended, and only if the
+                        # retry buffer still holds all of it (Envoy: no shadow after a
+                        # buffer overflow).
+                        while not stream.finished:
+                            await wait_for_more(stream)
+                        whole = stream.whole()
+                        if whole is None:
+                            return
+                        data = whole
+                    if state.cluster.h2:
+                        payload = h2_request(method, uri, shadow, headers, data, False)
+                    else:
+                        payload = http1.serialize_request(method, uri, shadow, headers, data)
+                    h = state.pick(self.clock(), [])
+                    if h is None:
+                        return
+                    resp = await self._try(state, h, payload, method == "HEAD")
+                    if resp.stream is not None:
+                        resp.stream.fail("discarded")   # a mirror's answer is dropped
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _observe(self, rq: Incoming, svc: Service | None, host: Host | None, out: Outgoing,
-                 start: float) -> None:
+                 start: float, resp_bytes: int | None = None) -> None:
         key = (rq.principal, self.config.uid_of(svc) if svc is not None else None,
                host.address if host is not None else None, out.status, out.flags, rq.protocol,
                _grpc_status(out) if rq.protocol == "grpc" else "-")
@@ -1053,8 +1356,9 @@ class Waypoint:
             labels = self._labels[key] = self._make_labels(rq, svc, host, out, key[6])
             if len(self._labels) > 20000:
                 self._labels.clear()
-        self.metrics.observe(labels, (self.clock() - start) * 1000.0, len(rq.body),
-                             len(out.body))
+        self.metrics.observe(labels, (self.clock() - start) * 1000.0,
+                             rq.stream.size if rq.stream is not None else len(rq.body),
+                             len(out.body) if resp_bytes is None else resp_bytes)
 
     def _make_labels(self, rq: Incoming, svc: Service | None, host: Host | None,
                      out: Outgoing, grpc_status: str) -> tuple[str, ...]:
@@ -1115,6 +1419,10 @@ class Downstream(asyncio.Protocol):
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None
         self.target: tuple[str, int] | None = None
+        self.write_paused = False
+        self.drainers: list[asyncio.Future] = []
+        self.body_paused = False                    # reading paused: a request body backs up
+        self.h2_waiters: list[asyncio.Future] = []  # streams waiting for HTTP/2 windows
         self.header_reader = None
         if server.tunnel_header:
             from node_agent.ztunnel import wire
@@ -1164,10 +1472,44 @@ class Downstream(asyncio.Protocol):
         self.server.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
+        self.reader.fail("closed")
         for t in self.h2_tasks.values():
             t.cancel()
         if self.task is not None:
             self.task.cancel()
+        self._wake(self.drainers)
+        self._wake(self.h2_waiters)
+
+    # --- back-pressure ----------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake(self.drainers)
+
+    @staticmethod
+    def _wake(waiters: list[asyncio.Future]) -> None:
+        ws = waiters[:]
+        waiters.clear()
+        for f in ws:
+            if not f.done():
+                f.set_result(None)
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.closed:
+            fut = self.loop.create_future()
+            self.drainers.append(fut)
+            await fut
+        if self.closed:
+            raise ConnectionResetError("client connection closed")
+
+    def _body_consumed(self, body: Body):
+        def consumed(_n: int) -> None:
+            if self.body_paused and not self.closed and body.unconsumed <= HIGH_WATER_BYTES // 2:
+                self.body_paused = False
+                self.transport.resume_reading()
+        return consumed
 
     def _close(self) -> None:
         if not self.closed:
@@ -1230,24 +1572,35 @@ class Downstream(asyncio.Protocol):
             requests = self.reader.feed(data)
             if self.reader.expect_continue:
                 self.reader.expect_continue = False
-                if not requests:        # the body is still to come: let the client send it
+                if not requests or (requests[-1].stream is not None
+                                    and not requests[-1].stream.finished):
+                    # the body is still to come: let the client send it
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         except http1.ProtocolError as e:
             self.metrics.protocol_error("http1", e.kind)
+            self.reader.fail("malformed")
             if e.status:
                 self.transport.write(http1.error_response(e.status, e.kind.encode()))
             self._close()
             return
         if requests:
+            for r in requests:
+                if r.stream is not None:
+                    r.stream.on_consumed = self._body_consumed(r.stream)
             self.queue.extend(requests)
             if self.task is None:
                 self.task = asyncio.get_running_loop().create_task(self._serve())
             if len(self.queue) > 32:
                 self.transport.pause_reading()
-        if self.reader.mid_request:
+        streaming = self.reader.streaming
+        if streaming is not None and streaming.unconsumed > HIGH_WATER_BYTES \
+                and not self.body_paused:
+            self.body_paused = True          # resumed as the body is written upstream
+            self.transport.pause_reading()
+        if self.reader.in_head:
             if self.timer_why != "slow":
                 self._arm(self.server.header_timeout_s, "slow")
-        elif not self.queue:
+        elif streaming is not None or not self.queue:
             self._arm(self.server.idle_timeout_s, "idle")
 
     timer_why = "idle"
@@ -1257,18 +1610,32 @@ class Downstream(asyncio.Protocol):
         try:
             while self.queue and not self.closed:
                 req = self.queue.popleft()
-                if len(self.queue) <= 8:
+                if len(self.queue) <= 8 and not self.body_paused:
                     with contextlib.suppress(Exception):
                         self.transport.resume_reading()
                 out = await self.waypoint.handle(Incoming(
                     req.method, req.target, req.authority, req.headers, req.body,
-                    self.principal, self.source_ip, "http", self.target))
+                    self.principal, self.source_ip, "http", self.target, req.stream))
                 keep = req.keep_alive and not self.server.draining
                 if self.closed:
+                    if out.stream is not None:
+                        await self.waypoint.relay(out, _Gone())
                     return
-                self.transport.write(http1.serialize_response(
-                    out.status, out.headers, out.body, keep_alive=keep,
-                    head=req.method == "HEAD"))
+                if out.stream is not None:
+                    chunked = out.stream.length is None and req.version == "1.1"
+                    keep = keep and (out.stream.length is not None or chunked)
+                    if not await self.waypoint.relay(out, _H1Sink(self, keep, chunked)):
+                        self.transport.abort()     # cut short: the client must see it
+                        self.closed = True
+                        return
+                else:
+                    if req.stream is not None and not req.stream.finished:
+                        keep = False   # answered before the body ended: no next request
+                    self.transport.write(http1.serialize_response(
+                        out.status, out.headers, out.body, keep_alive=keep,
+                        head=req.method == "HEAD"))
+                if req.stream is not None and not req.stream.finished:
+                    keep = False
                 if not keep:
                     self._close()
                     return
@@ -1291,10 +1658,19 @@ class Downstream(asyncio.Protocol):
                 if t is not None:
                     t.cancel()
                 continue
+            if ev.stream is not None:
+                ack = ev.stream.on_consumed
+
+                def consumed(n: int, ack=ack) -> None:
+                    ack(n)
+                    self._h2_flush()
+                ev.stream.on_consumed = consumed
             self.h2_tasks[ev.stream_id] = loop.create_task(self._h2_stream(ev))
         out = h2c.data_to_send()
         if out:
             self.transport.write(out)
+        if self.h2_waiters:
+            self._wake(self.h2_waiters)
         if h2c.closed:
             self._close()
         else:
@@ -1309,15 +1685,116 @@ class Downstream(asyncio.Protocol):
             ctype = next((v for n, v in headers if n == "content-type"), "")
             out = await self.waypoint.handle(Incoming(
                 method, path, authority, headers, ev.body, self.principal, self.source_ip,
-                "grpc" if ctype.startswith("application/grpc") else "http2", self.target))
+                "grpc" if ctype.startswith("application/grpc") else "http2", self.target,
+                ev.stream))
             if self.closed or self.h2 is None:
+                if out.stream is not None:
+                    await self.waypoint.relay(out, _Gone())
                 return
-            self.h2.respond(ev.stream_id, out.status, out.headers, out.body, out.trailers)
+            if out.stream is not None:
+                await self.waypoint.relay(out, _H2Sink(self, ev.stream_id))
+            else:
+                self.h2.respond(ev.stream_id, out.status, out.headers, out.body, out.trailers)
+            if ev.stream is not None and not ev.stream.finished and not self.closed:
+                self.h2.abandon(ev.stream_id)   # answered while the client still sends
+            self._h2_flush()
+        finally:
+            self.h2_tasks.pop(ev.stream_id, None)
+
+    def _h2_flush(self) -> None:
+        if self.h2 is not None and not self.closed:
             data = self.h2.data_to_send()
             if data:
                 self.transport.write(data)
-        finally:
-            self.h2_tasks.pop(ev.stream_id, None)
+
+
+class _H1Sink:
+    """An HTTP/1.1 client as the end of a streamed response (`Waypoint.relay`)."""
+
+    __slots__ = ("down", "keep", "chunked")
+
+    def __init__(self, down: Downstream, keep: bool, chunked: bool) -> None:
+        self.down, self.keep, self.chunked = down, keep, chunked
+
+    def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> bool:
+        if self.down.closed:
+            return False
+        self.down.transport.write(http1.serialize_response_head(
+            status, headers, length=length, keep_alive=self.keep, chunked=self.chunked))
+        return True
+
+    async def data(self, data: bytes) -> None:
+        down = self.down
+        if down.closed:
+            raise ConnectionResetError("client connection closed")
+        down.transport.write(http1.chunk(data) if self.chunked else data)
+        if down.write_paused:
+            await down.drain()
+
+    def end(self, trailers: list[tuple[str, str]] | None) -> None:
+        if self.chunked and not self.down.closed:
+            self.down.transport.write(http1.last_chunk(trailers))
+
+    def reset(self) -> None:
+        pass   # the caller aborts the connection (a truncated body must not look whole)
+
+
+class _H2Sink:
+    """An HTTP/2 client stream as the end of a streamed response (`Waypoint.relay`)."""
+
+    __slots__ = ("down", "sid")
+
+    def __init__(self, down: Downstream, sid: int) -> None:
+        self.down, self.sid = down, sid
+
+    def start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> bool:
+        down = self.down
+        if down.closed or down.h2 is None or not down.h2.respond_head(
+                self.sid, status, headers, length):
+            return False
+        down._h2_flush()
+        return True
+
+    async def data(self, data: bytes) -> None:
+        down, h2c = self.down, self.down.h2
+        h2c.send(self.sid, data)
+        down._h2_flush()
+        while True:     # until flow control let it out: a slow client slows the upstream
+            unsent = h2c.unsent(self.sid)
+            if unsent is None:
+                raise ConnectionResetError("client stream closed")
+            if unsent == 0 or down.closed:
+                break
+            fut = down.loop.create_future()
+            down.h2_waiters.append(fut)
+            await fut
+        if down.write_paused:
+            await down.drain()
+
+    def end(self, trailers: list[tuple[str, str]] | None) -> None:
+        self.down.h2.end(self.sid, trailers)
+        self.down._h2_flush()
+
+    def reset(self) -> None:
+        if self.down.h2 is not None and not self.down.closed:
+            self.down.h2.reset(self.sid)
+            self.down._h2_flush()
+
+
+class _Gone:
+    """No client any more: `relay` only cleans up and records."""
+
+    def start(self, status, headers, length) -> bool:
+        return False
+
+    async def data(self, data: bytes) -> None:  # pragma: no cover - never started
+        raise ConnectionResetError
+
+    def end(self, trailers) -> None:  # pragma: no cover
+        pass
+
+    def reset(self) -> None:
+        pass
 
 
 class _MetricsProtocol(asyncio.Protocol):

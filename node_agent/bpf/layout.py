@@ -16,7 +16,9 @@ POD = struct.Struct("=IIII")               # pod_id, ifindex, flags, pad   (key:
 EXCL_KEY = struct.Struct("=IHBB")          # pod_id, port (host order), dir, pad
 CAPT_KEY = struct.Struct("=4s4sHH")        # saddr, daddr, sport, dport (network order)
 FLOW = struct.Struct("=4s4sHHIIIQQQQIIII")
-CFG = struct.Struct("=QII")                # netns_cookie, enabled, pad
+CFG = struct.Struct("=QII")                # netns_cookie, enabled, uplink_ifindex
+VIP_KEY = struct.Struct("=4s2sH")          # addr, port (both network order), pad
+                                           # value: U32 flags (VIP_*)
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -28,12 +30,15 @@ KIND_INBOUND = 2
 KIND_TUNNEL = 3
 KIND_NAMES = {KIND_OUTBOUND: "outbound", KIND_INBOUND: "inbound", KIND_TUNNEL: "tunnel"}
 
+VIP_SERVICE = 1         # a Service VIP:port: unenrolled pods' SYNs to it go to 15006
+VIP_BACKEND = 2         # an endpoint the tunnel dials for such a connection: replies to its socket
+
 FLOW_FIN_IN = 1
 FLOW_FIN_OUT = 2
 
 STATS = ("captured_outbound", "captured_inbound", "captured_tunnel", "assigned_established",
          "dropped_no_listener", "assign_failed", "excluded", "flows_opened", "flows_table_full",
-         "flows_closed")
+         "flows_closed", "captured_service")
 
 FLOW_DTYPE = np.dtype([
     ("saddr", "<u4"), ("daddr", "<u4"), ("sport", "<u2"), ("dport", "<u2"), ("kind", "<u4"),
@@ -46,6 +51,11 @@ assert FLOW_DTYPE.itemsize == FLOW.size == 72
 def ip_key(ip: str) -> bytes:
     """A pod map key: the IPv4 address in network order."""
     return socket.inet_aton(ip)
+
+
+def vip_key(ip: str, port: int) -> bytes:
+    """A lw_vips key: IPv4 address and TCP port, both in network order."""
+    return VIP_KEY.pack(socket.inet_aton(ip), port.to_bytes(2, "big"), 0)
 
 
 def ip_from_u32(value: int) -> str:

@@ -133,14 +133,53 @@ static __always_inline int lw_excluded(__u32 pod_id, __be16 port, __u8 dir)
     return lw_excl.lookup(&k) != 0;
 }
 
-/* Inbound: TCP to an enrolled pod that did not come through a tunnel. */
+/* TCP that is not addressed to an enrolled pod: a Service VIP with an enrolled endpoint on this
+ * node (lw_vips, LW_VIP_SERVICE) is captured here, BEFORE the node's DNAT picks an endpoint —
+ * after it, a same-node endpoint is reached through its veth's egress, where nothing can steer
+ * (bpf_sk_assign is ingress-only). A new connection goes to the inbound-plaintext listener,
+ * which balances the Service itself; the flow's later packets go to the socket it accepted.
+ * No exclusion applies to a VIP. Not on the uplink: off-node traffic was DNATed by the
+ * source node. Replies from an endpoint the tunnel dialled for such a connection
+ * (LW_VIP_BACKEND: the tunnel keeps the client's address, so they are addressed to the
+ * unenrolled client) go to the tunnel's socket. Everything else passes. */
+static __always_inline int lw_steer_service(struct __sk_buff *skb, struct lw_pkt *p,
+                                            __u32 src_pod, int looked_up)
+{
+    struct lw_vip_key k = {};
+    k.addr = p->tuple.ipv4.daddr;
+    k.port = p->tuple.ipv4.dport;
+    __u32 *flags = lw_vips.lookup(&k);
+    if (flags && (*flags & LW_VIP_SERVICE)) {
+        if (!looked_up && lw_assign_established(skb, p))
+            return TC_ACT_OK;
+        if (!p->syn)
+            return TC_ACT_OK;
+        __u32 zero = 0;
+        struct lw_cfg *cfg = lw_cfg.lookup(&zero);
+        if (cfg && cfg->uplink_ifindex && cfg->uplink_ifindex == skb->ifindex)
+            return TC_ACT_OK;
+        lw_count(LW_ST_CAPT_SERVICE);
+        return lw_capture_syn(skb, p, LW_PORT_INBOUND, LW_KIND_INBOUND, src_pod, 0, 0);
+    }
+    if (p->syn || looked_up)
+        return TC_ACT_OK;
+    k.addr = p->tuple.ipv4.saddr;
+    k.port = p->tuple.ipv4.sport;
+    flags = lw_vips.lookup(&k);
+    if (flags && (*flags & LW_VIP_BACKEND))
+        lw_assign_established(skb, p);
+    return TC_ACT_OK;
+}
+
+/* Inbound: TCP to an enrolled pod that did not come through a tunnel (and, through
+ * lw_steer_service, to a Service VIP that leads to one). */
 static __always_inline int lw_steer_inbound(struct __sk_buff *skb, struct lw_pkt *p,
                                             __u32 src_pod, int looked_up)
 {
     __u32 daddr = p->tuple.ipv4.daddr;
     struct lw_pod *dst = lw_pods.lookup(&daddr);
     if (!dst)
-        return TC_ACT_OK;
+        return lw_steer_service(skb, p, src_pod, looked_up);
     /* flows the tunnel owns (it originated them, or already accepted them) */
     if (!looked_up && lw_assign_established(skb, p))
         return TC_ACT_OK;

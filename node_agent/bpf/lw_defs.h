@@ -31,6 +31,9 @@
 #ifndef LW_MAX_CAPT
 #define LW_MAX_CAPT 65536
 #endif
+#ifndef LW_MAX_VIPS
+#define LW_MAX_VIPS 16384
+#endif
 
 /* capture kinds, also the flow record's kind */
 #define LW_KIND_OUTBOUND 1          /* enrolled pod -> anything, via 15001 (reporter=source) */
@@ -51,6 +54,7 @@
 #define LW_ST_FLOW_OPEN     7       /* flow records created */
 #define LW_ST_FLOW_FULL     8       /* flow records lost: table full */
 #define LW_ST_FLOW_CLOSE    9       /* flow records closed */
+#define LW_ST_CAPT_SERVICE  10      /* SYNs to a Service VIP (lw_vips) steered to 15006 */
 #define LW_ST_MAX           16
 
 /* enrolled pod, keyed by its IPv4 address (network order) */
@@ -110,7 +114,20 @@ struct lw_flow {
 struct lw_cfg {
     __u64 netns_cookie;             /* the node's network namespace; sockops ignores the rest */
     __u32 enabled;
-    __u32 pad;
+    __u32 uplink_ifindex;           /* the node's uplink (0: none): no Service VIP capture there */
 };
+
+/* lw_vips: a Service's cluster IP and port, or an endpoint address the tunnel dials for it */
+struct lw_vip_key {
+    __u32 addr;                     /* network order */
+    __u16 port;                     /* network order */
+    __u16 pad;
+};
+
+/* lw_vips value flags */
+#define LW_VIP_SERVICE 1            /* VIP:port of a Service with an enrolled endpoint on this
+                                     * node: unenrolled pods' SYNs to it go to 15006 */
+#define LW_VIP_BACKEND 2            /* endpoint ip:port the tunnel may dial keeping an unenrolled
+                                     * client's address: its replies go to the tunnel's socket */
 
 #endif

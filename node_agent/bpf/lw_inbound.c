@@ -4,8 +4,10 @@
  * every pod that is not enrolled. After: TCP to an enrolled pod (lw_pods) goes to the socket
  * that owns its flow if the tunnel has one (flows the tunnel originated or accepted); a new
  * connection goes to the inbound-plaintext listener (LW_PORT_INBOUND) unless its port is
- * excluded, or to the tunnel's listener if it is addressed to LW_PORT_TUNNEL. Traffic to
- * anything else passes untouched.
+ * excluded, or to the tunnel's listener if it is addressed to LW_PORT_TUNNEL. On a pod's veth
+ * (not the uplink), a new connection to a Service VIP in lw_vips goes to the inbound-plaintext
+ * listener too, before the node's DNAT; replies from endpoints the tunnel dialled for such
+ * connections go to its socket. Traffic to anything else passes untouched.
  */
 #include "lw_capture.h"
 

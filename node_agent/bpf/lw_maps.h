@@ -23,6 +23,9 @@ LW_MAP("hash", __u32, struct lw_pod, lw_pods, LW_MAX_PODS);
 LW_MAP("hash", struct lw_excl_key, __u8, lw_excl, LW_MAX_EXCL);
 /* the node's own addresses: enrolled pods' connections to them are not captured */
 LW_MAP("hash", __u32, __u8, lw_local, 256);
+/* Service VIPs captured before DNAT, and the endpoints the tunnel dials for them:
+ * {addr, port} -> LW_VIP_* flags */
+LW_MAP("hash", struct lw_vip_key, __u32, lw_vips, LW_MAX_VIPS);
 /* capture hand-off tc -> sockops, short-lived */
 LW_MAP("lru_hash", struct lw_capt_key, struct lw_capt, lw_capt, LW_MAX_CAPT);
 /* per-connection L4 counters, keyed by socket cookie */

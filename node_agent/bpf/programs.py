@@ -38,7 +38,7 @@ PROGRAMS: tuple[Program, ...] = (
 )
 
 MAPS: tuple[str, ...] = ("lw_pods", "lw_excl", "lw_local", "lw_capt", "lw_flows", "lw_cfg",
-                         "lw_stats")
+                         "lw_stats", "lw_vips")
 
 
 def by_name(name: str) -> Program:

@@ -26,13 +26,17 @@ def test_reads_requests_and_pipelines():
 
 
 def test_byte_at_a_time():
+    # The head is complete before the body: the request is handed out then, its body
+    # streamed into `stream` as the bytes arrive (and ended by the last one).
     r = RequestReader()
     out = []
     for i in range(len(GOOD)):
         out += r.feed(GOOD[i:i + 1])
         if i < len(GOOD) - 1:
             assert r.mid_request
-    assert len(out) == 1 and out[0].body == b"hello"
+    assert len(out) == 1 and out[0].body == b"" and out[0].stream is not None
+    body = out[0].stream
+    assert body.ended and body.whole() == b"hello" and body.length == 5
 
 
 @pytest.mark.parametrize("raw,status,kind", [
@@ -217,6 +221,7 @@ def test_informational_answers_are_skipped_for_the_final_one():
 
 def test_expect_continue_is_noticed():
     r = RequestReader()
-    assert r.feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
-                  b"Content-Length: 3\r\n\r\n") == []
+    got = r.feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: 3\r\n\r\n")
+    assert len(got) == 1 and got[0].stream is not None and not got[0].stream.finished
     assert r.expect_continue
