@@ -17,7 +17,7 @@ import pytest
 from node_agent.bpf import layout, pins
 from node_agent.bpf.settings import Settings
 from node_agent.bpf.syscall import Map, obj_get, prog_test_run
-from tests.bpf.test_verdicts import ACK, SYN, TC_ACT_OK, TC_ACT_SHOT, frame
+from tests.bpf.test_verdicts import ACK, TC_ACT_OK, TC_ACT_SHOT, frame
 
 pytestmark = [pytest.mark.bpf]
 
