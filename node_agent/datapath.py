@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
-from node_agent.bpf import attach, layout, pins, programs
+from node_agent.bpf import attach, layout, listeners, pins, programs
 from node_agent.bpf.flows import FlowRecord, FlowTable, L4Totals, PairTotals, by_workload
 from node_agent.bpf.settings import DEFAULT, Settings, pin_dir
 from node_agent.bpf.syscall import Map, obj_get, prog_get_fd_by_id, prog_info
@@ -255,6 +255,34 @@ class Datapath:
         if self.uplink is not None:     # None: a node with no uplink (nothing from off-node)
             self._tc(self._ifindex(self.uplink), "inbound")
         attach.cgroup_attach(self.cgroup, self._prog("sockops"))
+        attach.sk_lookup_attach(link_path=self._sk_lookup_link, prog_fd=self._prog("sk_lookup"),
+                                netns_path=self._netns_path())
+
+    @property
+    def _sk_lookup_link(self) -> str:
+        return pins.link_path(self.cluster, self.node, "sk_lookup")
+
+    def _netns_path(self) -> str:
+        if self.netns is None:
+            return "/proc/thread-self/ns/net"
+        if not os.path.exists(self.netns):
+            raise DatapathError(f"network namespace {self.netns} does not exist; is the node up?")
+        return self.netns
+
+    def register_listeners(self, sockets: Mapping[str, socket.socket | int]) -> None:
+        """Tell the datapath which sockets are the tunnel's listeners: {"outbound": …,
+        "inbound": …, "tunnel": …} (sockets or fds, in the node's namespace). A captured SYN
+        that meets a TIME_WAIT socket of its own tuple is handed to them by the sk_lookup
+        program; without a registration such a SYN is dropped (`time_wait_unregistered`).
+        Call again after the listeners are re-created; closed sockets leave the map."""
+        try:
+            listeners.register(pins.map_path(self.cluster, self.node, "lw_listeners"), sockets)
+        except FileNotFoundError as e:
+            raise DatapathError(f"{e.strerror}; run install()") from None
+
+    def registered_listeners(self) -> dict[str, int]:
+        """kind -> socket cookie of each registered listener."""
+        return listeners.registered(pins.map_path(self.cluster, self.node, "lw_listeners"))
 
     def _refresh_local_addresses(self) -> None:
         local = self._map("lw_local")
@@ -278,6 +306,7 @@ class Datapath:
             attach.routing_remove(ipr, self.settings)
         if os.path.exists(pins.prog_path(self.cluster, self.node, "sockops")):
             attach.cgroup_detach(self.cgroup, self._prog("sockops"))
+        attach.sk_lookup_detach(self._sk_lookup_link)
         self.close()
         pins.remove(self.cluster, self.node)
 
@@ -442,9 +471,12 @@ class Datapath:
     def status(self) -> dict:
         """What is attached and pinned, for `lacewing check`, tests and operators."""
         out: dict = {"pin_dir": self.pin_dir, "pinned": pins.pinned(self.cluster, self.node),
-                     "tc": {}, "routing": False, "sockops_attached": False}
+                     "tc": {}, "routing": False, "sockops_attached": False,
+                     "sk_lookup_attached": False}
         try:
             ipr = self._ip()
+            out["sk_lookup_attached"] = attach.sk_lookup_attached(
+                self._sk_lookup_link, self._netns_path()) is not None
         except DatapathError:
             return out
         for link in ipr.get_links():

@@ -1,7 +1,7 @@
 """A small transparent relay standing in for the node tunnel in the datapath tests.
 
     nsenter --net=/run/netns/<node> python perf/relay.py 15001 15006 [--no-upstream|--sockmap]
-                                                      [--upstream HOST:PORT]
+                                                      [--upstream HOST:PORT] [--register MAP]
 
 Before: runs in a node namespace where the datapath steers captured connections to these ports.
 After: listens on each port with IP_TRANSPARENT; for every accepted connection prints one JSON
@@ -13,7 +13,12 @@ kernel, as the tunnel's same-node splice will: only bytes that arrived before th
 entered the map pass through user space, and a last JSON line per connection says how many
 ({"copied": n}). With --upstream HOST:PORT it connects there instead of to the original
 destination (the capture benchmark's "addressed directly" case needs that) and prints no
-per-connection lines. Prints "ready" once listening; exits on SIGTERM or when stdin closes.
+per-connection lines. With --register MAP (the datapath's pinned lw_listeners sockmap) its
+listeners are registered with the datapath, as the node tunnel registers its own: the ports
+given are, in order, the outbound, inbound-plaintext and tunnel listeners. A line
+`register MAP` on stdin does the same later (the datapath may be installed after the relay
+started) and is answered with a line `registered` or `register failed: <why>`. Prints "ready"
+once listening; exits on SIGTERM or when stdin closes.
 Used by the datapath tests (tests/bpf) and the capture-cost benchmark (perf/bench_capture.py).
 """
 
@@ -163,20 +168,51 @@ def listen(port: int, upstream: bool, lock: threading.Lock, spliced: bool = Fals
     return s
 
 
+LISTENER_KINDS = ("outbound", "inbound", "tunnel")   # the ports given, in this order
+
+
+def register(map_path: str, socks: list[socket.socket]) -> None:
+    """Put our listeners in the datapath's lw_listeners sockmap (node_agent/bpf/listeners.py)."""
+    from node_agent.bpf.listeners import register as put
+
+    put(map_path, dict(zip(LISTENER_KINDS, socks, strict=False)))
+
+
 def main(argv: list[str]) -> int:
     upstream = "--no-upstream" not in argv
     spliced = "--sockmap" in argv
     fixed = None
-    if "--upstream" in argv:
-        host, _, port = argv[argv.index("--upstream") + 1].rpartition(":")
-        fixed = (host, int(port))
-        argv = [a for i, a in enumerate(argv) if i != argv.index("--upstream") + 1]
+    registry = None
+    for opt in ("--upstream", "--register"):
+        if opt in argv:
+            i = argv.index(opt)
+            value = argv[i + 1]
+            argv = argv[:i + 1] + argv[i + 2:]
+            if opt == "--upstream":
+                host, _, port = value.rpartition(":")
+                fixed = (host, int(port))
+            else:
+                registry = value
     ports = [int(a) for a in argv if not a.startswith("--")]
     lock = threading.Lock()
-    for p in ports:
-        listen(p, upstream, lock, spliced, fixed)
+    socks = [listen(p, upstream, lock, spliced, fixed) for p in ports]
+    if registry is not None:
+        try:
+            register(registry, socks)
+        except (OSError, ValueError) as e:
+            print(f"register failed: {e}", flush=True)
+            return 1
     print("ready", flush=True)
-    sys.stdin.read()        # the test closes stdin (or kills us) to stop
+    for line in sys.stdin:      # the test closes stdin (or kills us) to stop
+        if line.startswith("register "):
+            try:
+                register(line.split(None, 1)[1].strip(), socks)
+            except (OSError, ValueError) as e:
+                with lock:
+                    print(f"register failed: {e}", flush=True)
+            else:
+                with lock:
+                    print("registered", flush=True)
     return 0
 
 

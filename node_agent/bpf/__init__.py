@@ -28,7 +28,7 @@ def selftest() -> list[tuple[str, bool, str]]:
         try:
             b = BPF(text=programs.final_c(prog).encode(), cflags=programs.cflags())
             try:
-                fn = b.load_func(prog.entry.encode(), getattr(BPF, prog.kind))
+                fn = programs.load_func(b, prog)
                 from node_agent.bpf.syscall import prog_info
                 pid, _ = prog_info(fn.fd)
                 results.append((name, True, f"loaded (id {pid}); attaches at {prog.attach}"))

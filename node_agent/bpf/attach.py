@@ -1,4 +1,5 @@
-"""Attaching pinned programs: tc clsact ingress filters, the cgroup sock_ops hook, and the
+"""Attaching pinned programs: tc clsact ingress filters, the cgroup sock_ops hook, the
+node namespace's sk_lookup link (pinned, so it outlives the process that made it), and the
 policy routing that delivers marked packets locally.
 
 Before: programs pinned by `node_agent.bpf.load`; an open pyroute2 `IPRoute` bound to the node's
@@ -180,3 +181,85 @@ def routing_remove(ipr: IPRoute, settings: Settings) -> None:
     except NetlinkError as e:
         if e.code not in (errno.ESRCH, errno.ENOENT):
             raise
+
+
+# ---- sk_lookup on the node namespace (a pinned BPF link) -------------------------------
+
+def _netns_ino(netns_path: str) -> int:
+    return os.stat(netns_path).st_ino
+
+
+def _open_link(link_path: str) -> int | None:
+    try:
+        return syscall.obj_get(link_path)
+    except syscall.BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def sk_lookup_attached(link_path: str, netns_path: str) -> int | None:
+    """Id of the program the pinned link runs in this namespace, or None (no pin, or a link
+    left from a namespace that is gone)."""
+    fd = _open_link(link_path)
+    if fd is None:
+        return None
+    try:
+        info = syscall.link_info(fd)
+    finally:
+        os.close(fd)
+    if info["netns_ino"] != _netns_ino(netns_path):
+        return None
+    return info["prog_id"]
+
+
+def sk_lookup_attach(*, link_path: str, prog_fd: int, netns_path: str) -> None:
+    """Run `prog_fd` for every socket lookup in the namespace, through a BPF link pinned at
+    `link_path`, so that it stays attached when this process exits and a restarted agent finds
+    it (adopt). A pinned link of this namespace is re-used, and moved to `prog_fd` in one step
+    if it runs another program (reload); one left from a namespace that is gone is replaced."""
+    fd = _open_link(link_path)
+    if fd is not None:
+        try:
+            info = syscall.link_info(fd)
+            if info["netns_ino"] == _netns_ino(netns_path):
+                if info["prog_id"] != syscall.prog_info(prog_fd)[0]:
+                    syscall.link_update(fd, prog_fd)
+                return
+        finally:
+            os.close(fd)
+        os.unlink(link_path)
+    ns = os.open(netns_path, os.O_RDONLY)
+    try:
+        fd = syscall.link_create(prog_fd=prog_fd, target_fd=ns, attach_type=syscall.BPF_SK_LOOKUP)
+    finally:
+        os.close(ns)
+    try:
+        tmp = link_path + "_new"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        syscall.obj_pin(fd, tmp)
+        os.replace(tmp, link_path)
+    finally:
+        os.close(fd)
+
+
+def sk_lookup_detach(link_path: str) -> bool:
+    """Detach the pinned link's program (even if another process holds the link) and unpin
+    it. True if there was one."""
+    fd = _open_link(link_path)
+    if fd is None:
+        return False
+    try:
+        try:
+            syscall.link_detach(fd)
+        except syscall.BpfError as e:
+            if e.errno not in (errno.ENOLINK, errno.EINVAL, errno.ENOENT):
+                raise
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(link_path)
+    except FileNotFoundError:
+        pass
+    return True

@@ -33,12 +33,16 @@ KIND_NAMES = {KIND_OUTBOUND: "outbound", KIND_INBOUND: "inbound", KIND_TUNNEL: "
 VIP_SERVICE = 1         # a Service VIP:port: unenrolled pods' SYNs to it go to 15006
 VIP_BACKEND = 2         # an endpoint the tunnel dials for such a connection: replies to its socket
 
+# slots of the lw_listeners sockmap: which of the tunnel's listeners (LW_LISTENER_*)
+LISTENER_SLOTS = {"outbound": 0, "inbound": 1, "tunnel": 2}
+
 FLOW_FIN_IN = 1
 FLOW_FIN_OUT = 2
 
 STATS = ("captured_outbound", "captured_inbound", "captured_tunnel", "assigned_established",
          "dropped_no_listener", "assign_failed", "excluded", "flows_opened", "flows_table_full",
-         "flows_closed", "captured_service")
+         "flows_closed", "captured_service", "time_wait_syn", "time_wait_unregistered",
+         "time_wait_listener_assigned", "time_wait_listener_refused")
 
 FLOW_DTYPE = np.dtype([
     ("saddr", "<u4"), ("daddr", "<u4"), ("sport", "<u2"), ("dport", "<u2"), ("kind", "<u4"),

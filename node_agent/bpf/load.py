@@ -37,7 +37,7 @@ def load_and_pin(*, cluster: str, node: str, settings: Settings = DEFAULT) -> di
     for prog in programs.PROGRAMS:
         b = BPF(text=programs.final_c(prog).encode(), cflags=flags)
         try:
-            fn = b.load_func(prog.entry.encode(), getattr(BPF, prog.kind))
+            fn = programs.load_func(b, prog)
             final = pins.prog_path(cluster, node, prog.name)
             tmp = final + "_new"
             if os.path.exists(tmp):

@@ -81,9 +81,55 @@ static __always_inline int lw_assign_established(struct __sk_buff *skb, struct l
     return 1;
 }
 
+/* The capture's note for sockops: which capture the connection came from. */
+static __always_inline void lw_note_capture(struct lw_capt_key *ck, __u32 kind, __u32 src_pod,
+                                            __u32 dst_pod)
+{
+    struct lw_capt cv = {};
+    cv.kind = kind;
+    cv.src_pod = src_pod;
+    cv.dst_pod = dst_pod;
+    lw_capt.update(ck, &cv);
+    lw_count(kind == LW_KIND_OUTBOUND ? LW_ST_CAPT_OUT
+             : kind == LW_KIND_INBOUND ? LW_ST_CAPT_IN : LW_ST_CAPT_TUNNEL);
+}
+
+/* Does a socket of the node hold the SYN's own tuple in TIME_WAIT? That is the tunnel's side
+ * of an earlier connection on this tuple that the tunnel closed first (it carries the pod's
+ * addresses, in the node namespace, for 60 s). A listener's request socket cannot be hashed
+ * beside it, so a SYN assigned to the listener would be dropped. */
+static __always_inline int lw_meets_time_wait(struct __sk_buff *skb, struct lw_pkt *p)
+{
+    struct bpf_sock_tuple own = p->tuple;
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &own, sizeof(own.ipv4), BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return 0;
+    int tw = sk->state == BPF_TCP_TIME_WAIT;
+    bpf_sk_release(sk);
+    return tw;
+}
+
+/* Is the listener of `slot` registered in lw_listeners (by the process that owns it)? */
+static __always_inline int lw_listener_registered(__u32 slot)
+{
+    struct bpf_sock *sk = (struct bpf_sock *)lw_listeners.lookup(&slot);
+    if (!sk)
+        return 0;
+    bpf_sk_release(sk);
+    return 1;
+}
+
 /* Give a SYN to the tunnel's transparent listener on `port`, and leave a note for sockops
  * saying which capture the connection came from. Returns a tc verdict: with no listener the
- * SYN is dropped (fail closed, never sent around the mesh) unless fail_open. */
+ * SYN is dropped (fail closed, never sent around the mesh) unless fail_open.
+ *
+ * A SYN that meets a TIME_WAIT socket of its own tuple is not assigned: it is marked (so the
+ * fwmark rule delivers it locally) and its tuple recorded in lw_tw. The kernel's own lookup
+ * then finds the TIME_WAIT socket, which accepts the new SYN (TCP_TW_SYN), and looks for a
+ * listener for the original destination — a lookup our sk_lookup program (lw_sk_lookup.c)
+ * answers with the registered listener of `slot`; the kernel kills the TIME_WAIT socket and
+ * the listener accepts, exactly as TPROXY's nf_tproxy_handle_time_wait4 does. Should the
+ * TIME_WAIT socket expire meanwhile, the kernel's listener lookup runs the same program. */
 static __always_inline int lw_capture_syn(struct __sk_buff *skb, struct lw_pkt *p, __u16 port,
                                           __u32 kind, __u32 src_pod, __u32 dst_pod,
                                           int fail_open)
@@ -101,6 +147,27 @@ static __always_inline int lw_capture_syn(struct __sk_buff *skb, struct lw_pkt *
         lw_count(LW_ST_NO_LISTENER);
         return TC_ACT_SHOT;
     }
+
+    struct lw_capt_key ck = {};
+    ck.saddr = p->tuple.ipv4.saddr;
+    ck.daddr = p->tuple.ipv4.daddr;
+    ck.sport = p->tuple.ipv4.sport;
+    ck.dport = p->tuple.ipv4.dport;
+
+    if (lw_meets_time_wait(skb, p)) {
+        __u32 slot = kind == LW_KIND_OUTBOUND ? LW_LISTENER_OUTBOUND
+                     : kind == LW_KIND_INBOUND ? LW_LISTENER_INBOUND : LW_LISTENER_TUNNEL;
+        if (lw_listener_registered(slot)) {
+            bpf_sk_release(sk);
+            lw_tw.update(&ck, &slot);
+            skb->mark = LW_MARK;
+            lw_note_capture(&ck, kind, src_pod, dst_pod);
+            lw_count(LW_ST_TW_SYN);
+            return TC_ACT_OK;
+        }
+        lw_count(LW_ST_TW_UNREG);      /* as before: the listener gets it, the kernel drops it */
+    }
+
     long err = bpf_sk_assign(skb, sk, 0);
     bpf_sk_release(sk);
     if (err) {
@@ -108,19 +175,7 @@ static __always_inline int lw_capture_syn(struct __sk_buff *skb, struct lw_pkt *
         return TC_ACT_SHOT;
     }
     skb->mark = LW_MARK;
-
-    struct lw_capt_key ck = {};
-    ck.saddr = p->tuple.ipv4.saddr;
-    ck.daddr = p->tuple.ipv4.daddr;
-    ck.sport = p->tuple.ipv4.sport;
-    ck.dport = p->tuple.ipv4.dport;
-    struct lw_capt cv = {};
-    cv.kind = kind;
-    cv.src_pod = src_pod;
-    cv.dst_pod = dst_pod;
-    lw_capt.update(&ck, &cv);
-    lw_count(kind == LW_KIND_OUTBOUND ? LW_ST_CAPT_OUT
-             : kind == LW_KIND_INBOUND ? LW_ST_CAPT_IN : LW_ST_CAPT_TUNNEL);
+    lw_note_capture(&ck, kind, src_pod, dst_pod);
     return TC_ACT_OK;
 }
 

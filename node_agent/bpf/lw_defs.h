@@ -31,6 +31,9 @@
 #ifndef LW_MAX_CAPT
 #define LW_MAX_CAPT 65536
 #endif
+#ifndef LW_MAX_TW
+#define LW_MAX_TW 16384
+#endif
 #ifndef LW_MAX_VIPS
 #define LW_MAX_VIPS 16384
 #endif
@@ -39,6 +42,12 @@
 #define LW_KIND_OUTBOUND 1          /* enrolled pod -> anything, via 15001 (reporter=source) */
 #define LW_KIND_INBOUND  2          /* plaintext to an enrolled pod, via 15006 (reporter=destination) */
 #define LW_KIND_TUNNEL   3          /* tunnel traffic to an enrolled pod's address, via 15008 */
+
+/* the tunnel's listeners, as slots of the lw_listeners sockmap (registered by their owner) */
+#define LW_LISTENER_OUTBOUND 0      /* LW_PORT_OUTBOUND */
+#define LW_LISTENER_INBOUND  1      /* LW_PORT_INBOUND */
+#define LW_LISTENER_TUNNEL   2      /* LW_PORT_TUNNEL */
+#define LW_LISTENERS         3
 
 #define LW_DIR_OUT 1
 #define LW_DIR_IN  2
@@ -54,6 +63,12 @@
 #define LW_ST_FLOW_OPEN     7       /* flow records created */
 #define LW_ST_FLOW_FULL     8       /* flow records lost: table full */
 #define LW_ST_FLOW_CLOSE    9       /* flow records closed */
+#define LW_ST_TW_SYN        11      /* captured SYNs that met a TIME_WAIT socket of their own
+                                       tuple: handed to the kernel's TIME_WAIT handling */
+#define LW_ST_TW_UNREG      12      /* ... whose listener is not registered in lw_listeners:
+                                       assigned to the listener as before (the kernel drops it) */
+#define LW_ST_SKL_ASSIGNED  13      /* sk_lookup gave such a SYN its registered listener */
+#define LW_ST_SKL_REFUSED   14      /* sk_lookup found no registered listener for it: refused */
 #define LW_ST_CAPT_SERVICE  10      /* SYNs to a Service VIP (lw_vips) steered to 15006 */
 #define LW_ST_MAX           16
 

@@ -28,6 +28,12 @@ LW_MAP("hash", __u32, __u8, lw_local, 256);
 LW_MAP("hash", struct lw_vip_key, __u32, lw_vips, LW_MAX_VIPS);
 /* capture hand-off tc -> sockops, short-lived */
 LW_MAP("lru_hash", struct lw_capt_key, struct lw_capt, lw_capt, LW_MAX_CAPT);
+/* captured SYNs that met the tunnel's TIME_WAIT socket of their own tuple, tc -> sk_lookup:
+ * client tuple -> LW_LISTENER_* slot (short-lived; lw_sk_lookup.c consumes it) */
+LW_MAP("lru_hash", struct lw_capt_key, __u32, lw_tw, LW_MAX_TW);
+/* the tunnel's listening sockets, registered by the process that owns them:
+ * LW_LISTENER_* slot -> socket (user space writes a socket fd; reads give its cookie) */
+LW_MAP("sockmap", __u32, __u64, lw_listeners, LW_LISTENERS);
 /* per-connection L4 counters, keyed by socket cookie */
 LW_MAP("hash", __u64, struct lw_flow, lw_flows, LW_MAX_FLOWS);
 /* settings written by the agent at install */

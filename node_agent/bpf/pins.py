@@ -44,6 +44,10 @@ def prog_path(cluster: str, node: str, name: str) -> str:
     return f"{pin_dir(cluster, node)}/prog_{name}"
 
 
+def link_path(cluster: str, node: str, name: str) -> str:
+    return f"{pin_dir(cluster, node)}/link_{name}"
+
+
 def map_path(cluster: str, node: str, name: str) -> str:
     return f"{pin_dir(cluster, node)}/{name}"
 

@@ -24,7 +24,7 @@ class Program:
     name: str           # pinned as prog_<name>
     source: str         # C file beside this module
     entry: str          # C function
-    kind: str           # BCC program type: "SCHED_CLS" or "SOCK_OPS"
+    kind: str           # program type: "SCHED_CLS", "SOCK_OPS" or "SK_LOOKUP" (PROG_TYPES)
     attach: str         # where the agent attaches it (for people and `lacewing check`)
 
 
@@ -35,10 +35,23 @@ PROGRAMS: tuple[Program, ...] = (
             "tc ingress, node uplink and host-side veths of unenrolled pods"),
     Program("sockops", "lw_sockops.c", "lw_sockops", "SOCK_OPS",
             "cgroup v2 root, sock_ops (per-connection L4 counters)"),
+    Program("sk_lookup", "lw_sk_lookup.c", "lw_sk_lookup", "SK_LOOKUP",
+            "node network namespace, sk_lookup link (captured SYNs meeting TIME_WAIT)"),
 )
 
+# bpf_prog_type numbers (uapi/linux/bpf.h); BCC 0.26 names no SK_LOOKUP type
+PROG_TYPES = {"SCHED_CLS": 3, "SOCK_OPS": 13, "SK_LOOKUP": 30}
+# expected attach types the kernel wants at load time (BPF_SK_LOOKUP)
+EXPECTED_ATTACH = {"SK_LOOKUP": 36}
+
 MAPS: tuple[str, ...] = ("lw_pods", "lw_excl", "lw_local", "lw_capt", "lw_flows", "lw_cfg",
-                         "lw_stats", "lw_vips")
+                         "lw_stats", "lw_vips", "lw_tw", "lw_listeners")
+
+
+def load_func(bpf, program: Program):
+    """Load `program` from a compiled BCC module with its type (and expected attach type)."""
+    return bpf.load_func(program.entry.encode(), PROG_TYPES[program.kind],
+                         attach_type=EXPECTED_ATTACH.get(program.kind, -1))
 
 
 def by_name(name: str) -> Program:

@@ -25,6 +25,7 @@ class Settings:
     max_excl: int = 16384
     max_flows: int = 65536
     max_capt: int = 65536
+    max_tw: int = 16384                # captured SYNs meeting TIME_WAIT, awaiting sk_lookup
 
     def defines(self) -> dict[str, int]:
         return {
@@ -36,6 +37,7 @@ class Settings:
             "LW_MAX_EXCL": self.max_excl,
             "LW_MAX_FLOWS": self.max_flows,
             "LW_MAX_CAPT": self.max_capt,
+            "LW_MAX_TW": self.max_tw,
         }
 
 

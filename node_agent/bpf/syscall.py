@@ -32,12 +32,16 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_DELETE_BATCH = 27
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_DETACH = 34
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
 BPF_CGROUP_SOCK_OPS = 3
+BPF_SK_LOOKUP = 36
 BPF_F_ALLOW_MULTI = 2
 
 _ATTR_SIZE = 128
@@ -170,6 +174,40 @@ def prog_query(*, target_fd: int, attach_type: int, max_progs: int = 64) -> list
     _bpf(BPF_PROG_QUERY, a)
     count = struct.unpack_from("=I", a, 24)[0]
     return list(ids[: min(count, max_progs)])
+
+
+def link_create(*, prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """Attach a program through a BPF link (e.g. sk_lookup to a network namespace fd); the
+    attachment lasts as long as the link has an fd or a pin. The caller closes the fd."""
+    a = _attr()
+    struct.pack_into("=IIII", a, 0, prog_fd, target_fd, attach_type, 0)
+    return _bpf(BPF_LINK_CREATE, a)
+
+
+def link_update(link_fd: int, new_prog_fd: int) -> None:
+    """Swap the program of a link in one step (no moment without one)."""
+    a = _attr()
+    struct.pack_into("=IIII", a, 0, link_fd, new_prog_fd, 0, 0)
+    _bpf(BPF_LINK_UPDATE, a)
+
+
+def link_detach(link_fd: int) -> None:
+    """Detach a link's program now, whoever else holds the link (its pin stays until removed)."""
+    a = _attr()
+    struct.pack_into("=I", a, 0, link_fd)
+    _bpf(BPF_LINK_DETACH, a)
+
+
+def link_info(fd: int) -> dict[str, int]:
+    """type, id, prog_id and, for a network namespace link, netns_ino (0 once the namespace
+    is gone) and attach_type."""
+    info = ctypes.create_string_buffer(64)
+    a = _attr()
+    struct.pack_into("=IIQ", a, 0, fd, len(info), _addr(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, a)
+    typ, link_id, prog_id, _pad, netns_ino, attach_type = struct.unpack_from("=IIIIII", info, 0)
+    return {"type": typ, "id": link_id, "prog_id": prog_id, "netns_ino": netns_ino,
+            "attach_type": attach_type}
 
 
 class Map:

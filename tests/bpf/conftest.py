@@ -74,7 +74,8 @@ def dp(topo: Topology):
 
 @pytest.fixture(scope="module")
 def relay(topo: Topology, dp) -> Iterator[Relay]:
-    r = Relay(topo.nodes[0].name)
+    # registered with the datapath, as the node tunnel registers its listeners
+    r = Relay(topo.nodes[0].name, register=f"{dp.pin_dir}/lw_listeners")
     try:
         yield r
     finally:

@@ -139,15 +139,17 @@ class Relay:
     """perf/relay.py in a node namespace."""
 
     def __init__(self, node_ns: str, ports: tuple[int, ...] = (15001, 15006), *,
-                 upstream: bool = True, sockmap: bool = False):
+                 upstream: bool = True, sockmap: bool = False, register: str | None = None):
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env["PYTHONPATH"] = str(RELAY.resolve().parents[2])
         args = (["nsenter", f"--net=/run/netns/{node_ns}", sys.executable, str(RELAY),
                  *map(str, ports)] + ([] if upstream else ["--no-upstream"])
-                + (["--sockmap"] if sockmap else []))
+                + (["--sockmap"] if sockmap else [])
+                + (["--register", register] if register else []))
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env)
         self.accepted: queue.Queue = queue.Queue()
+        self.replies: queue.Queue = queue.Queue()
         first = self.proc.stdout.readline().strip()
         if first != "ready":
             self.close()
@@ -159,7 +161,15 @@ class Relay:
             try:
                 self.accepted.put(json.loads(line))
             except ValueError:
-                pass
+                self.replies.put(line.strip())
+
+    def register(self, map_path: str) -> None:
+        """Register the relay's listeners with a datapath installed after it started."""
+        self.proc.stdin.write(f"register {map_path}\n")
+        self.proc.stdin.flush()
+        reply = self.replies.get(timeout=10)
+        if reply != "registered":
+            raise RuntimeError(f"relay: {reply}")
 
     def drain(self) -> list[dict]:
         out = []

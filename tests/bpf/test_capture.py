@@ -269,6 +269,14 @@ def test_reload_moves_every_attachment_to_the_new_programs_and_keeps_the_maps(to
         finally:
             os.close(fd)
         assert before["sockops"] not in attached and after["programs"]["sockops"] in attached
+        # the pinned sk_lookup link now runs the new program (updated in place, never absent)
+        fd = os.open(f"/run/netns/{node_ns}", os.O_RDONLY)
+        try:
+            assert syscall.prog_query(target_fd=fd, attach_type=syscall.BPF_SK_LOOKUP) == [
+                after["programs"]["sk_lookup"]]
+        finally:
+            os.close(fd)
+        assert after["sk_lookup_attached"]
         # the established connection goes on, and its flow record (a map kept across the
         # reload) still counts it
         held.sendall(b"y")

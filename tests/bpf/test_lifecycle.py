@@ -25,6 +25,15 @@ AGENT = Path(__file__).with_name("agent.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def sk_lookup_programs(netns: str) -> list[int]:
+    """Ids of the sk_lookup programs attached to a network namespace."""
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        return syscall.prog_query(target_fd=fd, attach_type=syscall.BPF_SK_LOOKUP)
+    finally:
+        os.close(fd)
+
+
 def run_agent(topo: Topology, action: str, pods: list[dict]) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["PYTHONPATH"] = str(ROOT)
@@ -71,6 +80,10 @@ def test_capture_survives_agent_restart_and_uninstall_leaves_nothing(small):
     assert first["status"]["tc"] == {"eth0": "lw_inbound", a.veth: "lw_pod_out",
                                      d.veth: "lw_inbound"}
     assert first["status"]["routing"] and first["status"]["sockops_attached"]
+    # the sk_lookup program is attached to the node namespace through a pinned link, so it
+    # outlives the agent process that attached it
+    assert first["status"]["sk_lookup_attached"]
+    assert sk_lookup_programs(node_ns) == [first["status"]["programs"]["sk_lookup"]]
     # the agent process holds no compiler (the loader ran in its own short-lived process)
     assert first["compiler_mapped"] is False
 
@@ -89,6 +102,7 @@ def test_capture_survives_agent_restart_and_uninstall_leaves_nothing(small):
         assert second["status"]["programs"] == first["status"]["programs"]
         assert second["enrolled"] == [a.ip]
         assert second["status"]["tc"] == first["status"]["tc"]
+        assert sk_lookup_programs(node_ns) == [first["status"]["programs"]["sk_lookup"]]
         ask_who(a.name, d.ip, 8080)
         assert relay.next()["listener"] == 15001
 
@@ -103,6 +117,7 @@ def test_capture_survives_agent_restart_and_uninstall_leaves_nothing(small):
         assert sh("tc", "-n", node_ns, "filter", "show", "dev", dev, "ingress") == ""
         assert "clsact" not in sh("tc", "-n", node_ns, "qdisc", "show", "dev", dev)
     assert f"lookup {0x4C57}" not in sh("ip", "-n", node_ns, "rule", "show")
+    assert sk_lookup_programs(node_ns) == []
     fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
     try:
         assert sockops_id not in syscall.prog_query(target_fd=fd,

@@ -78,7 +78,8 @@ def test_layouts_match_the_maps_the_kernel_made():
         expect = {"lw_pods": (4, layout.POD.size), "lw_excl": (layout.EXCL_KEY.size, 1),
                   "lw_local": (4, 1), "lw_capt": (layout.CAPT_KEY.size, 16),
                   "lw_flows": (8, layout.FLOW.size), "lw_cfg": (4, layout.CFG.size),
-                  "lw_stats": (4, 8), "lw_vips": (layout.VIP_KEY.size, 4)}
+                  "lw_stats": (4, 8), "lw_vips": (layout.VIP_KEY.size, 4),
+                  "lw_tw": (layout.CAPT_KEY.size, 4), "lw_listeners": (4, 8)}
         assert set(expect) == set(programs.MAPS)
         for name, (ks, vs) in expect.items():
             with Map.open(pins.map_path(cluster, "node1", name)) as m:
