@@ -30,7 +30,14 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
 from node_agent.bpf import attach, layout, listeners, pins, programs
-from node_agent.bpf.flows import FlowRecord, FlowTable, L4Totals, PairTotals, by_workload
+from node_agent.bpf.flows import (
+    FlowReader,
+    FlowRecord,
+    FlowTable,
+    L4Totals,
+    PairTotals,
+    by_workload,
+)
 from node_agent.bpf.settings import DEFAULT, Settings, pin_dir
 from node_agent.bpf.syscall import Map, obj_get, prog_get_fd_by_id, prog_info
 
@@ -455,6 +462,23 @@ class Datapath:
         """The same totals per (source workload, destination workload, reporter), for the
         istio_tcp_* exporter; `workload_of(ip)` names a pod's workload (None: "unknown")."""
         return by_workload(self._l4().update(), workload_of)
+
+    def flow_reader(self) -> FlowReader:
+        """Per-connection reads by socket cookie for the node tunnel (`FlowReader`: one map
+        lookup each, `consume` after the final read, `reap` for closed records nobody
+        consumed). It opens its own descriptor of lw_flows, so `close()` here leaves it
+        working. While a tunnel reads this way it owns the deletion of records: do not call
+        `l4_totals()` on the same node then."""
+        try:
+            flows = Map.open(pins.map_path(self.cluster, self.node, "lw_flows"))
+        except OSError as e:
+            raise DatapathError(f"map lw_flows is not pinned under {self.pin_dir} ({e}); "
+                                "run install()") from None
+        try:
+            return FlowReader(flows)
+        except ValueError as e:
+            flows.close()
+            raise DatapathError(str(e)) from None
 
     def _l4(self) -> L4Totals:
         if self._totals is None:

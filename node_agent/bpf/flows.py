@@ -11,10 +11,18 @@ labels is the caller's (the metrics exporter's) job.
 
 The group-by is plain numpy (sort + reduceat): no LLVM in the agent. `perf/bench_flow_agg.py`
 compares it with a pure-Python loop and with numba.
+
+`FlowReader` is the other way in, for the node tunnel: one record by socket cookie (one
+`BPF_MAP_LOOKUP_ELEM`), `consume()` after the connection's final read, `reap()` for closed
+records nobody consumed (connections the tunnel refused, or served before a restart). While a
+tunnel reads this way it owns the deletion of records; `L4Totals` (which deletes what it has
+counted) is for a node without a tunnel (tests, the stand-in relay) — never both on one node.
 """
 
 from __future__ import annotations
 
+import struct
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +31,11 @@ from node_agent.bpf import layout
 from node_agent.bpf.syscall import Map
 
 PairKey = tuple[int, int, int]   # (saddr, daddr, kind); addresses as native u32 of network order
+
+# lw_sockops.c: the tunnel's own connection to a pod of this node on a client's behalf (inbound
+# over 15008, or 15006), counted on that actively opened socket
+KIND_DELIVERY = 4
+KIND_NAMES = {**layout.KIND_NAMES, KIND_DELIVERY: "delivery"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ def to_record(cookie: int, r) -> FlowRecord:
     return FlowRecord(
         cookie=cookie, src=layout.ip_from_u32(r["saddr"]), dst=layout.ip_from_u32(r["daddr"]),
         sport=int(r["sport"]), dport=int(r["dport"]),
-        kind=layout.KIND_NAMES.get(int(r["kind"]), str(int(r["kind"]))),
+        kind=KIND_NAMES.get(int(r["kind"]), str(int(r["kind"]))),
         src_pod=int(r["src_pod"]), dst_pod=int(r["dst_pod"]),
         received_bytes=int(r["rx"]), sent_bytes=int(r["tx"]),
         opened_ns=int(r["opened_ns"]), closed_ns=int(r["closed_ns"]))
@@ -131,7 +144,7 @@ def aggregate_python(recs: np.ndarray) -> dict[PairKey, PairTotals]:
 
 
 REPORTER = {layout.KIND_OUTBOUND: "source", layout.KIND_INBOUND: "destination",
-            layout.KIND_TUNNEL: "destination"}
+            layout.KIND_TUNNEL: "destination", KIND_DELIVERY: "destination"}
 UNKNOWN = "unknown"     # Istio's value for a peer it cannot name
 
 
@@ -181,3 +194,64 @@ class L4Totals:
             acc.sent_bytes += t.sent_bytes
             acc.opened += t.opened
         return totals
+
+
+# ---- one connection at a time (the node tunnel) -------------------------------------------
+
+_BYTES = struct.Struct("=QQQQ")         # rx, tx, opened_ns, closed_ns: at offset 24 of lw_flow
+_BYTES_AT = 24
+_COOKIE = struct.Struct("=Q")             # lw_flows key: the socket cookie, native u64
+
+
+@dataclass(frozen=True)
+class FlowBytes:
+    """One connection's counts, oriented as Istio's metrics are: `received` came from the
+    client (the request side: istio_tcp_received_bytes_total), `sent` went back to it
+    (istio_tcp_sent_bytes_total). Exact payload bytes; `sent` counts what the client
+    acknowledged. `closed`: the kernel socket reached TCP_CLOSE, the counts are final."""
+
+    received: int
+    sent: int
+    closed: bool
+
+
+class FlowReader:
+    """Single records of the pinned lw_flows map by socket cookie, for the node tunnel.
+
+    It has its own file descriptor of the map (closing the `Datapath` it came from leaves it
+    working). Every method is safe from any thread (each is one or a few bpf(2) calls)."""
+
+    def __init__(self, flows_map: Map):
+        self.table = FlowTable(flows_map)       # checks the layout
+        self.map = flows_map
+
+    def read(self, cookie: int) -> FlowBytes | None:
+        """The record of the socket with this cookie now, or None (not a counted socket, or
+        its record is gone). One BPF_MAP_LOOKUP_ELEM."""
+        raw = self.map.lookup(_COOKIE.pack(cookie))
+        if raw is None:
+            return None
+        rx, tx, _opened, closed = _BYTES.unpack_from(raw, _BYTES_AT)
+        return FlowBytes(received=rx, sent=tx, closed=closed != 0)
+
+    def consume(self, *cookies: int) -> None:
+        """Delete these records (after a connection's final read). Missing ones are fine."""
+        for c in cookies:
+            if c:
+                self.map.delete(_COOKIE.pack(c))
+
+    def reap(self, *, older_than: float = 60.0, now_ns: int | None = None) -> int:
+        """Delete the records of connections that closed more than `older_than` seconds ago
+        and were never consumed. One batch read of the map. Returns how many went."""
+        cookies, recs = self.table.read()
+        if len(recs) == 0:
+            return 0
+        now = time.monotonic_ns() if now_ns is None else now_ns   # bpf_ktime_get_ns' clock
+        limit = np.uint64(max(0, now - int(older_than * 1e9)))
+        stale = (recs["closed_ns"] != 0) & (recs["closed_ns"] <= limit)
+        if not stale.any():
+            return 0
+        return self.table.delete(cookies[stale])
+
+    def close(self) -> None:
+        self.map.close()

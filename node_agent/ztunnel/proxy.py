@@ -258,7 +258,7 @@ class Tunnel:
         self.telemetry.closed(rec)
 
     def _relay(self, rec: ConnRecord, down: Side, up: Side, *, splice: bool = False) -> None:
-        self.telemetry.opened(rec)
+        self.telemetry.opened(rec, down, up)
         entry = (rec, down, up)
         self._open.add(entry)
 

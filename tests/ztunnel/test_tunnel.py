@@ -77,7 +77,10 @@ def test_cross_node_service_over_mtls_balanced_logged_and_counted(tmp_path):
             assert mesh.metric("node1", "istio_tcp_connections_opened_total",
                                connection_security_policy="mutual_tls",
                                source_principal=CLIENT.identity, reporter="destination") == 4
-            assert mesh.metric("node0", "istio_tcp_sent_bytes_total", reporter="source") == 16
+            # Istio's directions: received = what the source sent, sent = what came back
+            assert mesh.metric("node0", "istio_tcp_received_bytes_total", reporter="source") == 16
+            assert mesh.metric("node0", "istio_tcp_sent_bytes_total",
+                               reporter="source") == sum(len(x) for x in replies)
     run(go())
 
 
