@@ -12,19 +12,17 @@ Before: a `node_agent.agent.NodeAgent` (its hooks: `subscribe(fn)`, `registry`, 
   datapath: `Datapath.sync` enrolls the node's enrolled pods and makes the others plaintext-
   captured, so the tunnel already knows a pod when its first SYN is captured. The datapath is
   installed with the first snapshot that enrolls a pod of this node (a node with no mesh pod
-  never loads eBPF programs);
+  never loads eBPF programs); each time it is installed or adopted, the tunnel's listening
+  sockets are registered with it (`Datapath.register_listeners`), which the capture needs for a
+  pod that reuses a source port while the tunnel's side of the old connection is in TIME_WAIT;
 - on stop the tunnel drains; the capture stays in the kernel, so that a restarting agent adopts
-  it without a gap (fail closed: captured SYNs find no listener and are dropped meanwhile);
-- once the datapath is there, the tunnel's telemetry reads its byte counts from the kernel's
-  per-connection records (`Datapath.flow_reader()`, injected as `Telemetry.flows`), and a
-  reaper here deletes records of closed connections nobody consumed (`REAP_EVERY`).
+  it without a gap (fail closed: captured SYNs find no listener and are dropped meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import sys
 import threading
@@ -36,8 +34,6 @@ from node_agent.ztunnel.proxy import Tunnel, TunnelConfig
 from node_agent.ztunnel.telemetry import Telemetry
 
 log = logging.getLogger("lacewing.ztunnel.wiring")
-REAP_EVERY = 30.0       # s between sweeps of lw_flows for records nobody consumed
-REAP_AFTER = 60.0       # s a closed connection's record is left for the tunnel's final read
 
 
 class _AgentCerts:
@@ -83,8 +79,6 @@ class Dataplane:
         self._applying: asyncio.Task | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
-        self._readers: list = []            # FlowReaders handed to the telemetry (closed at stop)
-        self._reaper: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ the tunnel's thread
     def _run(self, agent_loop: asyncio.AbstractEventLoop) -> None:
@@ -128,7 +122,6 @@ class Dataplane:
         log.info("node tunnel listening on %s", self.tunnel.addresses)
         tunnel = self.tunnel
         self.agent.readiness["tunnel"] = lambda: tunnel.ready
-        self._reaper = agent_loop.create_task(self._reap_flows())
         if self._latest is not None:
             self._kick()
 
@@ -137,21 +130,12 @@ class Dataplane:
             self._applying.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._applying
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reaper
         if self._loop is not None and self.tunnel is not None and self._loop.is_running():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._in_tunnel(self.tunnel.drain(timeout=5.0)), 10)
-            self._loop.call_soon_threadsafe(self.telemetry.finish)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
-        self.telemetry.flows = None
-        for reader in self._readers:
-            reader.close()
-        self._readers.clear()
         if self.datapath is not None:
             self.datapath.close()
 
@@ -175,13 +159,33 @@ class Dataplane:
             except Exception:  # noqa: BLE001 - keep following snapshots
                 log.exception("applying snapshot %s to the data path failed", snap.version)
 
+    # Tunnel listener -> datapath slot (node_agent.bpf.layout.LISTENER_SLOTS)
+    LISTENER_SLOTS = {"outbound": "outbound", "inbound_plaintext": "inbound",
+                      "inbound": "tunnel"}
+
+    def _register_listeners(self, dp) -> None:
+        """Put the tunnel's listening sockets in the datapath's listener map, so that a
+        captured SYN meeting the tunnel's own TIME_WAIT socket of its tuple (a pod reusing a
+        source port within 60 s) is handed to them instead of dropped (docs/datapath.md)."""
+        from node_agent.datapath import DatapathError
+        servers = self.tunnel._servers if self.tunnel is not None else {}
+        socks = {slot: servers[name].sockets[0].fileno()
+                 for name, slot in self.LISTENER_SLOTS.items()
+                 if name in servers and servers[name].sockets}
+        try:
+            dp.register_listeners(socks)
+        except (DatapathError, OSError) as exc:
+            log.warning("tunnel listeners not registered with the datapath (a pod reusing a "
+                        "port within 60 s waits for a SYN retry): %s", exc)
+            return
+        log.info("tunnel listeners registered with the datapath: %s", sorted(socks))
+
     def _sync(self, snap: NodeSnapshot) -> None:
         from node_agent.datapath import Datapath, Pod
         local = [w for w in snap.local_workloads() if w.ip]
         if self.datapath is not None and not self.datapath.pinned():
-            self.telemetry.flows = None     # (its reader is closed at stop: the tunnel's
-            self.datapath.close()           # thread may be reading it right now)
-            self.datapath = None            # removed from outside (an operator's uninstall)
+            self.datapath.close()       # removed from outside (an operator's uninstall)
+            self.datapath = None
         if self.datapath is None:
             if not any(w.enrolled for w in local):
                 return
@@ -191,7 +195,7 @@ class Dataplane:
             else:
                 dp.install()
             self.datapath = dp
-            self._attach_flow_reader(dp)
+            self._register_listeners(dp)
         pods = []
         for w in local:
             try:
@@ -203,38 +207,6 @@ class Dataplane:
                              exclude_outbound_ports=w.exclude_outbound_ports,
                              exclude_inbound_ports=w.exclude_inbound_ports), w.enrolled))
         self.datapath.sync(pods)
-
-
-    # ------------------------------------------------------------------ kernel byte counts
-    def _attach_flow_reader(self, dp) -> None:
-        """From now on the tunnel's istio_tcp_*_bytes come from the kernel's records."""
-        from node_agent.datapath import DatapathError
-        try:
-            reader = dp.flow_reader()
-        except DatapathError as exc:
-            log.warning("byte counts stay in user space: %s", exc)
-            return
-        self._readers.append(reader)
-        self.telemetry.flows = reader
-        log.info("tunnel byte counts from the kernel's per-connection records (lw_flows)")
-
-    async def _reap_flows(self) -> None:
-        """Delete records of connections that closed long ago and were never read to the end
-        (refused connections, those of a previous agent): the tunnel consumes the rest."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(REAP_EVERY)
-            reader = self.telemetry.flows
-            if reader is None:
-                continue
-            try:
-                n = await loop.run_in_executor(None, functools.partial(reader.reap,
-                                                                     older_than=REAP_AFTER))
-            except (OSError, ValueError) as exc:
-                log.warning("reaping closed connection records failed: %s", exc)
-                continue
-            if n:
-                log.debug("reaped %d closed connection records nobody read", n)
 
 
 def attach(agent, **options) -> Dataplane:
