@@ -16,13 +16,17 @@ Before: a `node_agent.agent.NodeAgent` (its hooks: `subscribe(fn)`, `registry`, 
   sockets are registered with it (`Datapath.register_listeners`), which the capture needs for a
   pod that reuses a source port while the tunnel's side of the old connection is in TIME_WAIT;
 - on stop the tunnel drains; the capture stays in the kernel, so that a restarting agent adopts
-  it without a gap (fail closed: captured SYNs find no listener and are dropped meanwhile).
+  it without a gap (fail closed: captured SYNs find no listener and are dropped meanwhile);
+- once the datapath is there, the tunnel's telemetry reads its byte counts from the kernel's
+  per-connection records (`Datapath.flow_reader()`, injected as `Telemetry.flows`), and a
+  reaper here deletes records of closed connections nobody consumed (`REAP_EVERY`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import threading
@@ -34,6 +38,8 @@ from node_agent.ztunnel.proxy import Tunnel, TunnelConfig
 from node_agent.ztunnel.telemetry import Telemetry
 
 log = logging.getLogger("lacewing.ztunnel.wiring")
+REAP_EVERY = 30.0       # s between sweeps of lw_flows for records nobody consumed
+REAP_AFTER = 60.0       # s a closed connection's record is left for the tunnel's final read
 
 
 class _AgentCerts:
@@ -79,6 +85,8 @@ class Dataplane:
         self._applying: asyncio.Task | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self._readers: list = []            # FlowReaders handed to the telemetry (closed at stop)
+        self._reaper: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ the tunnel's thread
     def _run(self, agent_loop: asyncio.AbstractEventLoop) -> None:
@@ -122,6 +130,7 @@ class Dataplane:
         log.info("node tunnel listening on %s", self.tunnel.addresses)
         tunnel = self.tunnel
         self.agent.readiness["tunnel"] = lambda: tunnel.ready
+        self._reaper = agent_loop.create_task(self._reap_flows())
         if self._latest is not None:
             self._kick()
 
@@ -130,12 +139,21 @@ class Dataplane:
             self._applying.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._applying
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reaper
         if self._loop is not None and self.tunnel is not None and self._loop.is_running():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._in_tunnel(self.tunnel.drain(timeout=5.0)), 10)
+            self._loop.call_soon_threadsafe(self.telemetry.finish)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+        self.telemetry.flows = None
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
         if self.datapath is not None:
             self.datapath.close()
 
@@ -184,8 +202,9 @@ class Dataplane:
         from node_agent.datapath import Datapath, Pod
         local = [w for w in snap.local_workloads() if w.ip]
         if self.datapath is not None and not self.datapath.pinned():
-            self.datapath.close()       # removed from outside (an operator's uninstall)
-            self.datapath = None
+            self.telemetry.flows = None     # (its reader is closed at stop: the tunnel's
+            self.datapath.close()           # thread may be reading it right now)
+            self.datapath = None            # removed from outside (an operator's uninstall)
         if self.datapath is None:
             if not any(w.enrolled for w in local):
                 return
@@ -196,6 +215,7 @@ class Dataplane:
                 dp.install()
             self.datapath = dp
             self._register_listeners(dp)
+            self._attach_flow_reader(dp)
         pods = []
         for w in local:
             try:
@@ -207,6 +227,38 @@ class Dataplane:
                              exclude_outbound_ports=w.exclude_outbound_ports,
                              exclude_inbound_ports=w.exclude_inbound_ports), w.enrolled))
         self.datapath.sync(pods)
+
+
+    # ------------------------------------------------------------------ kernel byte counts
+    def _attach_flow_reader(self, dp) -> None:
+        """From now on the tunnel's istio_tcp_*_bytes come from the kernel's records."""
+        from node_agent.datapath import DatapathError
+        try:
+            reader = dp.flow_reader()
+        except DatapathError as exc:
+            log.warning("byte counts stay in user space: %s", exc)
+            return
+        self._readers.append(reader)
+        self.telemetry.flows = reader
+        log.info("tunnel byte counts from the kernel's per-connection records (lw_flows)")
+
+    async def _reap_flows(self) -> None:
+        """Delete records of connections that closed long ago and were never read to the end
+        (refused connections, those of a previous agent): the tunnel consumes the rest."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REAP_EVERY)
+            reader = self.telemetry.flows
+            if reader is None:
+                continue
+            try:
+                n = await loop.run_in_executor(None, functools.partial(reader.reap,
+                                                                     older_than=REAP_AFTER))
+            except (OSError, ValueError) as exc:
+                log.warning("reaping closed connection records failed: %s", exc)
+                continue
+            if n:
+                log.debug("reaped %d closed connection records nobody read", n)
 
 
 def attach(agent, **options) -> Dataplane:
