@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from control.snapshot import Service, Workload
-from node_agent.ztunnel.balancer import RoundRobin
+from node_agent.ztunnel.balancer import RoundRobin, ready_endpoints
 from node_agent.ztunnel.state import NodeState
 from node_agent.ztunnel.wire import Address
 
@@ -43,15 +43,6 @@ def _deny(reason: str, source: Workload | None = None, service: Service | None =
     return Request(DENY, reason, source=source, service=service)
 
 
-def _target_port(service: Service, port: int, endpoint_ports) -> int | None:
-    if port in endpoint_ports:
-        return endpoint_ports[port]
-    for sp in service.ports:
-        if sp.port == port and isinstance(sp.target_port, int):
-            return sp.target_port
-    return None
-
-
 def decide(state: NodeState, src_ip: str, orig_dst: Address, *,
            balancer: RoundRobin | None = None) -> Request:
     src = state.local_by_ip.get(src_ip)
@@ -65,12 +56,7 @@ def decide(state: NodeState, src_ip: str, orig_dst: Address, *,
             return _deny(f"service {service.uid} has no port {orig_dst.port}", src, service)
         if service.waypoint:
             return _to_waypoint(state, src, service.waypoint, orig_dst, service=service)
-        ready = []
-        for ep in service.endpoints:
-            w = state.snapshot.workloads.get(ep.workload)
-            port = _target_port(service, orig_dst.port, ep.ports)
-            if w is not None and w.ready and port is not None:
-                ready.append((w, Address(ep.ip or w.ip, port)))
+        ready = ready_endpoints(service, orig_dst.port, state.snapshot.workloads)
         if not ready:
             return _deny(f"service {service.uid} has no ready endpoint for port {orig_dst.port}",
                          src, service)

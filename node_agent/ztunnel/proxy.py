@@ -11,6 +11,9 @@ calls `await tunnel.update(snapshot)` for each accepted NodeSnapshot. After `sta
          header's target checked and policy enforced (`inbound.decide`); then to the pod,
          keeping the client's source address when `transparent` is on.
   :15006 inbound plaintext — PeerAuthentication decides (STRICT refuses); then to the pod.
+         A Service VIP (captured from an unenrolled pod before the node's DNAT) is balanced
+         here first (`inbound.decide_service`): an enrolled endpoint of this node is decided
+         as above, any other endpoint is connected to in plaintext, the client's address kept.
   :15021 readiness — `GET /healthz/ready`: 200 once a snapshot is in and listeners are up,
          503 while draining.
 `drain()` stops accepting, reports not ready and waits for open connections (up to a deadline).
@@ -496,6 +499,9 @@ class Tunnel:
         dst = self._orig_dst(down, src)
         rec.dst = _fmt(dst)
         target = wire.Address(dst[0], dst[1])
+        if target.ip in self.state.services_by_vip:
+            await self._inbound_service(down, rec, up, src, target)
+            return
         v = inbound.decide(self.state, target=target, source_ip=src[0], peer_identity=None,
                            presented_identity=None, tls=False)
         rec.kind = "inbound"
@@ -511,6 +517,29 @@ class Tunnel:
                          "policy" if v.status == wire.DENIED else "unknown_target", v.reason)
             return
         upside = await self._connect_plain(target, source_ip=src[0], up=up)
+        self._relay(rec, down, upside)
+
+    async def _inbound_service(self, down: Side, rec: ConnRecord, up: list[Side], src,
+                               vip: wire.Address) -> None:
+        """Plaintext to a Service VIP, captured before the node's DNAT (docs/tunnel.md,
+        "Service VIPs from unenrolled pods"): balance it here, then decide as for a direct
+        connection to the endpoint, or relay to an endpoint that is not ours to decide."""
+        state = self.state
+        sv = inbound.decide_service(state, vip=vip, source_ip=src[0], balancer=self.balancer)
+        rec.kind = "inbound" if sv.how != inbound.RELAY else "service_relay"
+        rec.security_policy = "none"
+        rec.reason = sv.reason
+        rec.service = sv.service.uid if sv.service else None
+        rec.target = _fmt((sv.target.ip, sv.target.port)) if sv.target else ""
+        rec.dst_workload = sv.workload.uid if sv.workload else None
+        rec.dst_identity = sv.workload.identity if sv.workload and sv.workload.enrolled else None
+        src_w = state.workloads_by_ip.get(src[0])
+        rec.src_workload = src_w.uid if src_w else None
+        if not sv.allowed:
+            self._refuse("inbound_plaintext", rec, down,
+                         "policy" if sv.status == wire.DENIED else "unknown_target", sv.reason)
+            return
+        upside = await self._connect_plain(sv.target, source_ip=src[0], up=up)
         self._relay(rec, down, upside)
 
     # ------------------------------------------------------------------ housekeeping

@@ -2,7 +2,9 @@
 
 Before: the node agent's snapshot subscriber received a new `control.snapshot.NodeSnapshot`.
 After: a `NodeState` built once per snapshot (one writer), read by every connection handler
-without locks — the decision functions (`outbound`, `inbound`) take it as their input.
+without locks — the decision functions (`outbound`, `inbound`) take it as their input; and
+`service_capture(snapshot)`, the Service VIPs the node's eBPF capture must take from unenrolled
+pods before the node's DNAT (the agent writes them with `Datapath.set_services`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from control.snapshot import NodeSnapshot, Service, Workload
+from node_agent.ztunnel.balancer import ready_endpoints
 
 
 @dataclass(frozen=True)
@@ -38,3 +41,30 @@ class NodeState:
 
 
 EMPTY = NodeState.of(NodeSnapshot(version="", node=""))
+
+
+@dataclass(frozen=True)
+class ServiceCapture:
+    """What `lw_vips` must hold for one node (docs/datapath.md, "Service VIPs")."""
+
+    vips: frozenset[tuple[str, int]] = frozenset()       # (cluster IP, port) to capture
+    backends: frozenset[tuple[str, int]] = frozenset()   # (endpoint IP, port) dialled for them
+
+
+def service_capture(snapshot: NodeSnapshot) -> ServiceCapture:
+    """The (cluster IP, port) of every Service port with a ready, enrolled endpoint on this
+    node — an unenrolled pod's connection to it could be DNATed to that pod behind the
+    capture's back, so the capture takes it first and :15006 balances it — and the other
+    endpoints of those ports, which the tunnel may then dial keeping the client's address."""
+    vips, backends = set(), set()
+    for service in snapshot.services.values():
+        if not service.vip:
+            continue
+        for sp in service.ports:
+            ready = ready_endpoints(service, sp.port, snapshot.workloads)
+            if not any(w.enrolled and w.node == snapshot.node for w, _ in ready):
+                continue
+            vips.add((service.vip, sp.port))
+            backends.update((a.ip, a.port) for w, a in ready
+                            if not (w.enrolled and w.node == snapshot.node))
+    return ServiceCapture(frozenset(vips), frozenset(backends))

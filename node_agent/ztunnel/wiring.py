@@ -10,7 +10,9 @@ Before: a `node_agent.agent.NodeAgent` (its hooks: `subscribe(fn)`, `registry`, 
   agent's registry; readiness stays the agent's (:15021);
 - every applied snapshot goes to the tunnel first (latest wins, one writer), then to the
   datapath: `Datapath.sync` enrolls the node's enrolled pods and makes the others plaintext-
-  captured, so the tunnel already knows a pod when its first SYN is captured. The datapath is
+  captured, so the tunnel already knows a pod when its first SYN is captured; then
+  `Datapath.set_services` with the Service VIPs that have an enrolled endpoint on this node
+  (`state.service_capture`), which unenrolled pods' connections must not reach through DNAT. The datapath is
   installed with the first snapshot that enrolls a pod of this node (a node with no mesh pod
   never loads eBPF programs); each time it is installed or adopted, the tunnel's listening
   sockets are registered with it (`Datapath.register_listeners`), which the capture needs for a
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from control.snapshot import NodeSnapshot, Workload
 from node_agent.certs.manager import WorkloadCertificate
 from node_agent.ztunnel.proxy import Tunnel, TunnelConfig
+from node_agent.ztunnel.state import service_capture
 from node_agent.ztunnel.telemetry import Telemetry
 
 log = logging.getLogger("lacewing.ztunnel.wiring")
@@ -227,6 +230,9 @@ class Dataplane:
                              exclude_outbound_ports=w.exclude_outbound_ports,
                              exclude_inbound_ports=w.exclude_inbound_ports), w.enrolled))
         self.datapath.sync(pods)
+        # Service VIPs with an enrolled endpoint here: captured before the node's DNAT
+        vips = service_capture(snap)
+        self.datapath.set_services(vips=vips.vips, backends=vips.backends)
 
 
     # ------------------------------------------------------------------ kernel byte counts
