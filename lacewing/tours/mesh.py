@@ -5,7 +5,8 @@ Before: `lacewing demo` made the cluster and deployed `lacewing/samples/hello.ya
 passes the cluster and a `say(step)` printer). After `mesh_tour(...)` returns True, it showed:
 1. namespace `demo` enrolled by its label — every pod captured by its node's eBPF programs;
 2. client → hello across nodes over mutual TLS: the identities from the tunnels' access log;
-3. a STRICT PeerAuthentication refusing an unenrolled caller (`legacy/outsider`, plaintext);
+3. a STRICT PeerAuthentication refusing an unenrolled caller (`legacy/outsider`, plaintext)
+   that calls the Service `hello.demo` — whichever node's pod it lands on;
 4. an AuthorizationPolicy allowing `demo/client` and denying `demo/intruder`;
 5. the metrics that prove it (`istio_tcp_connections_opened_total` by
    connection_security_policy, refusals by reason) from the node agents' :15020.
@@ -124,12 +125,18 @@ def mesh_tour(cluster, *, say: Callable[[str], None], out: Callable[[str], None]
 
     say("STRICT PeerAuthentication in demo: plaintext from an unenrolled pod is refused")
     mesh.apply([STRICT])
-    # to each hello pod (the Service's cluster IP, DNATed to a pod of the caller's own node,
-    # is not captured yet: see docs/tunnel.md, "Known gaps")
-    for p in cluster.pods(namespace="demo", labels={"app": "hello"}):
-        answer = _call(cluster, "legacy/outsider", p["ip"], 8080)
-        out(f"  legacy/outsider (not in the mesh) → {p['name']} on {p['node']}: {answer}")
+    # through the Service: the caller's node captures the cluster IP before its DNAT and
+    # balances it at :15006 (docs/tunnel.md, "Service VIPs from unenrolled pods"), so the
+    # endpoint on the caller's own node refuses it there and the other node's refuses it too
+    for _ in range(4):
+        answer = _call(cluster, "legacy/outsider", "hello.demo")
+        out(f"  legacy/outsider (not in the mesh) → Service hello.demo: {answer}")
         ok &= not answer.startswith("HTTP/1.1 200")
+    refused = sorted({f"{e['dst_workload']} refused by {node}"
+                      for node in ("node0", "node1") for e in mesh.access_log(node)
+                      if e["listener"] == "inbound_plaintext" and e["decision"] == "deny"})
+    for line in refused:
+        out(f"  {line}: PeerAuthentication STRICT, plaintext")
 
     say("AuthorizationPolicy: only cluster.local/ns/demo/sa/client may call hello")
     mesh.apply([STRICT, ONLY_CLIENT])
