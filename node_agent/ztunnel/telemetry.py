@@ -225,6 +225,9 @@ class Telemetry:
             if rec.flow_cookie and self._flows is not None:
                 self.userspace_counted.inc()
             rec.bytes_source = "userspace"
+            # never report less than was already counted (a record that vanished midway)
+            rec.sent = max(rec.sent, rec.counted_sent)
+            rec.received = max(rec.received, rec.counted_received)
         elif rec.flow_cookie and self._flows is not None:
             try:
                 self._flows.consume(rec.flow_cookie, rec.spare_cookie)
