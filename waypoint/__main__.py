@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
                    "(default $POD_IP, else the --listen host)")
     p.add_argument("--trace-sample", type=float, default=0.01,
                    help="share of new traces sampled (default 0.01, Istio's)")
+    p.add_argument("--retry-buffer-bytes", type=int, default=1024 * 1024, metavar="N",
+                   help="request body bytes kept for retries and mirroring (default 1 MiB, "
+                   "Envoy's per-request buffer limit); a longer body streams on and is "
+                   "neither retried nor mirrored")
     args = p.parse_args(argv)
     import logging
 
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                   sample_ratio=args.trace_sample))
     server = WaypointServer(wp, host=args.listen[0], port=args.listen[1], ssl_context=ssl_ctx,
                             metrics_host=args.metrics[0], metrics_port=args.metrics[1],
-                            tunnel_header=tunnels is not None)
+                            tunnel_header=tunnels is not None,
+                            retry_buffer_bytes=args.retry_buffer_bytes)
     stop = asyncio.Event()
 
     def reload() -> None:

@@ -41,7 +41,7 @@ from waypoint.pool import PoolCounters, PoolLimits
 from waypoint.ratelimit import TokenBucket
 from waypoint.router import RequestView, apply_header_ops, select_route
 from waypoint.router import plan as make_plan
-from waypoint.streaming import HIGH_WATER_BYTES, Body
+from waypoint.streaming import HIGH_WATER_BYTES, RETRY_BUFFER_BYTES, Body
 from waypoint.telemetry import TRACE_HEADERS, Metrics, Tracing
 
 CONNECT_TIMEOUT_S = 5.0
@@ -1407,7 +1407,8 @@ class Downstream(asyncio.Protocol):
         self.server = server
         self.waypoint = server.waypoint
         self.metrics = server.waypoint.metrics
-        self.reader = http1.RequestReader(max_head=server.max_head)
+        self.reader = http1.RequestReader(max_head=server.max_head,
+                                          retain=server.retry_buffer_bytes)
         self.queue: deque[http1.Request] = deque()
         self.task: asyncio.Task | None = None
         self.h2: http2.H2Server | None = None
@@ -1517,7 +1518,8 @@ class Downstream(asyncio.Protocol):
             self.transport.close()
 
     def _start_h2(self) -> None:
-        self.h2 = http2.H2Server(max_head=self.server.max_head)
+        self.h2 = http2.H2Server(max_head=self.server.max_head,
+                                 retain=self.server.retry_buffer_bytes)
         self.transport.write(self.h2.data_to_send())
 
     def _tunnel_header(self, data: bytes) -> bytes | None:
@@ -1841,8 +1843,10 @@ class WaypointServer:
                  ssl_context: ssl.SSLContext | None = None, metrics_port: int | None = None,
                  metrics_host: str | None = None, max_head: int = 65536,
                  header_timeout_s: float = HEADER_TIMEOUT_S,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S, tunnel_header: bool = False) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S, tunnel_header: bool = False,
+                 retry_buffer_bytes: int = RETRY_BUFFER_BYTES) -> None:
         self.tunnel_header = tunnel_header
+        self.retry_buffer_bytes = retry_buffer_bytes
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.waypoint = waypoint
