@@ -87,7 +87,7 @@ class Outgoing:
     trailers: list[tuple[str, str]] | None = None
     stream: Body | None = None         # a body still arriving from upstream: `Waypoint.relay`
     deadline: Deadline | None = None   # the route timeout, still running while it streams
-    cleanup: list | None = None        # callables run when the stream is over
+    cleanup: list | None = None        # callables run with the final flags when it is over
     finish: tuple | None = None        # what `relay` needs to record metrics and the span
 
 
@@ -1034,7 +1034,7 @@ class Waypoint:
             if out.deadline is not None:
                 self.deadlines.disarm(out.deadline)
             for cb in out.cleanup or ():
-                cb()
+                cb(out.flags)
             if out.finish is not None:
                 rq, svc, host, span, start = out.finish
                 out.finish = None
@@ -1236,7 +1236,7 @@ class Waypoint:
                         if last.stream is not None:   # goes downstream as it arrives
                             handed = True
                             last.deadline = route_deadline
-                            last.cleanup = [self._request_over(counters)]
+                            last.cleanup = [self._stream_over(state, host)]
                         return host, last
                     if last.stream is not None:
                         last.stream.fail("discarded")  # this answer is replaced by a retry
@@ -1255,10 +1255,13 @@ class Waypoint:
             if holding_retry:
                 counters.retries -= 1
 
-    @staticmethod
-    def _request_over(counters: PoolCounters):
-        def over() -> None:
-            counters.requests -= 1
+    def _stream_over(self, state: ClusterState, host: Host):
+        """When a streamed answer is over: the request leaves the pool's count, and an
+        upstream reset mid-stream counts against the host (outlier detection)."""
+        def over(flags: str) -> None:
+            state.counters.requests -= 1
+            if flags == "UR":
+                state.record(host, retry.RESET, self.clock())
         return over
 
     async def _try(self, state: ClusterState, host: Host, payload,
