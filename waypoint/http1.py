@@ -1,16 +1,20 @@
-"""HTTP/1.1, sans-IO: bytes in, whole requests (or a protocol error) out; responses to bytes.
+"""HTTP/1.1, sans-IO: bytes in, requests (or a protocol error) out; responses to bytes.
 
 Before: bytes from a downstream connection (`RequestReader.feed`) or an upstream one
 (`ResponseReader.feed`). After: `Request`/`Response` objects with lower-case header names and
-the whole body, or a `ProtocolError` carrying the status to answer (the connection is then
-closed). The proxy does the I/O; nothing here touches a socket.
+the whole body when it arrived with the head (the common case), or — when the head is
+complete and the body is still arriving — with `stream`, a `streaming.Body` that the rest of
+the body goes into (then its end, with a chunked body's trailers); or a `ProtocolError`
+carrying the status to answer (the connection is then closed). `serialize_*_head`, `chunk`
+and `last_chunk` write a streamed message. The proxy does the I/O; nothing here touches a
+socket.
 
 Parsing is llhttp (via httptools) in its strict mode, which already refuses the smuggling
 shapes — Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold, invalid
 characters in names and values, bare LF — and this layer adds what llhttp leaves to the
 application: a Transfer-Encoding other than `chunked` (501), a missing or repeated Host (400),
 a head larger than `max_head` bytes or with more than `max_headers` fields (431), a body over
-`max_body` (413). An `Upgrade` request is served as a plain request (RFC 9110 lets a server
+`max_body` if one is set (413; the proxy sets none: bodies stream). An `Upgrade` request is served as a plain request (RFC 9110 lets a server
 ignore Upgrade); the hop-by-hop headers are never forwarded (`HOP_BY_HOP`).
 """
 

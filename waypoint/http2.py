@@ -1,10 +1,13 @@
-"""HTTP/2 server side, sans-IO over `h2`: bytes in, whole requests out, responses to bytes.
+"""HTTP/2 server side, sans-IO over `h2`: bytes in, requests out, responses to bytes.
 
 Before: a downstream connection that began with the HTTP/2 preface (prior knowledge, h2c) or
-negotiated `h2` by ALPN. After: `RequestReady(stream_id, headers, body)` per complete
-request, each routed on its own (so one long-lived gRPC/HTTP/2 connection still spreads over
-endpoints); `respond()` queues the answer, honouring flow control; `data_to_send()` is what
-to write. Bad input never raises out of here:
+negotiated `h2` by ALPN. After: `RequestReady(stream_id, headers, body)` per request, each
+routed on its own (so one long-lived gRPC/HTTP/2 connection still spreads over endpoints):
+whole when the stream ended within the bytes fed, else with `stream`, a `streaming.Body` that
+later DATA (and trailers) go into, acknowledged to the client (WINDOW_UPDATE) only as the
+proxy consumes it. `respond()` queues a whole answer; `respond_head`/`send`/`end` stream one;
+both honour flow control; `data_to_send()` is what to write. Bad input never raises out of
+here:
 
 - a frame that breaks the protocol → GOAWAY(PROTOCOL_ERROR) and `closed` (h2 decides);
 - a rapid-reset flood (CVE-2023-44487: streams opened and reset by the client faster than
@@ -14,7 +17,9 @@ to write. Bad input never raises out of here:
 Each refusal is reported in `errors` for the proxy to count.
 
 `H2Client` is the upstream side (gRPC and HTTP/2 services): requests become streams on one
-connection per endpoint, responses (with trailers) come back whole.
+connection per endpoint (bodies whole or streamed), responses (with trailers) come back whole
+or, when their body is still arriving, at their headers with a `Body`. A reset is passed on
+as a failed `Body` or a stream id; `cancel`/`reset`/`abandon` send RST_STREAM.
 """
 
 from __future__ import annotations

@@ -14,6 +14,13 @@ Pipeline per request (every decision is made by a sans-IO module; this one only 
   report the outcome to outlier detection, retry per `retry` with jittered backoff — all
   within the route timeout (504) → response header operations → metrics and span.
 Bad input is answered and counted (`http1`, `http2`), the connection closed, others untouched.
+
+Bodies stream (`streaming.Body`): a request is routed as soon as its head is complete and its
+body follows upstream as it arrives (HTTP/2 DATA within both sides' windows, HTTP/1.1 with its
+Content-Length or chunked); a response goes downstream at its headers, then its body, then
+trailers (`Waypoint.relay`). Bytes are acknowledged to their sender only once written to the
+other side, so a slow reader back-pressures the writer. A request body is held for retries
+and mirroring only while it fits the retry buffer; a reset on either side cancels the other.
 """
 
 from __future__ import annotations
