@@ -5,7 +5,10 @@ is reached three ways from the client pod, side by side in one run, alternating,
 
 - `addressed`: the client connects to the relay's own address (no capture at all);
 - `ebpf`: the client connects to the server; Lacewing's tc program on the client's veth
-  assigns the SYN to the relay's transparent listener (node_agent.datapath);
+  assigns the SYN to the relay's transparent listener (node_agent.datapath); the relay
+  registers its listener with the datapath, as the node tunnel does, so a SYN that meets the
+  relay's TIME_WAIT socket of its tuple is handed over (`--no-register`: as before that fix,
+  such a SYN is dropped and the client retries a second later);
 - `tproxy`: the client connects to the server; an iptables TPROXY rule on the client's veth
   (`-j TPROXY --on-port 15001` plus an fwmark rule to a `local` route table) delivers it.
 
@@ -36,14 +39,15 @@ TPROXY_TABLE = "101"
 MODES = ("no-relay", "addressed", "ebpf", "tproxy")
 # The two capture modes leave the relay's accepted sockets (the client's own tuples) in TIME_WAIT
 # in node0's namespace; each mode gets its own client port range so that one mode never meets
-# the other's. Within a mode, a reused port meeting such a socket is part of what is measured
-# (NOTES.md, gap 0).
+# the other's. Within a mode, a reused port meeting such a socket is part of what is measured:
+# TPROXY and the eBPF capture each hand such a SYN to the listener (docs/datapath.md).
 MODE_PORTS = {"ebpf": "1024 16383", "tproxy": "16384 32767"}
 
 
 class Bench:
-    def __init__(self, topo: PerfTopology):
+    def __init__(self, topo: PerfTopology, *, register: bool = True):
         self.topo = topo
+        self.register = register
         self.node = topo.node(0)
         self.client = topo.cluster.pod(topo.client_pod)
         self.server_ip = topo.server_ip
@@ -77,6 +81,13 @@ class Bench:
         self.datapath = Datapath(self.topo.cluster.name, self.node["name"],
                                  netns=self.node["netns"])
         self.datapath.install()
+        if self.register:
+            # the relay owns the listener: it registers it in the datapath's sockmap
+            self.relay.stdin.write(f"register {self.datapath.pin_dir}/lw_listeners\n")
+            self.relay.stdin.flush()
+            reply = self.relay.stdout.readline().strip()
+            if reply != "registered":
+                raise RuntimeError(f"relay: {reply!r}")
         self.datapath.enroll(Pod(ip=self.client["ip"], veth=self.client["veth"],
                                  name=self.topo.client_pod))
 
@@ -118,6 +129,7 @@ class Bench:
                                  MODE_PORTS.get(mode, "1024 32767")})
         if on:
             on()
+        counted: dict[str, int] = {}
         try:
             url, d, limit = self.url(mode), f"-d{duration}s", duration + 30
             try:
@@ -130,20 +142,28 @@ class Bench:
                 print(f"    {mode}: wrk did not finish within {limit} s; sample dropped",
                       flush=True)
                 return {}
+            if mode == "ebpf":
+                counted = self.datapath.stats()
         finally:
             if off:
                 off()
         if lat.errors or conn.errors:
             print(f"    {mode}: wrk counted errors (latency run {lat.errors}, "
                   f"connection run {conn.errors})", flush=True)
-        return {"p50_us": lat.p50_us or 0.0, "p99_us": lat.p99_us or 0.0,
-                "conn_rate": conn.requests_per_s}
+        values = {"p50_us": lat.p50_us or 0.0, "p99_us": lat.p99_us or 0.0,
+                  "conn_rate": conn.requests_per_s}
+        if counted:     # SYNs that met the relay's TIME_WAIT: handed over, or dropped
+            values["tw_handed_over"] = counted["time_wait_listener_assigned"]
+            values["tw_dropped"] = counted["time_wait_unregistered"]
+        return values
 
 
 def markdown(summary: dict[str, dict[str, float]], meta: dict) -> str:
     base = summary["addressed"]
     lines = [f"Run {meta['when']}: {meta['repeat']} × {meta['duration']} s, medians; "
-             "ratio = mode ÷ addressed (the relay reached without capture)", "",
+             "ratio = mode ÷ addressed (the relay reached without capture); eBPF listener "
+             f"registration {'on' if meta.get('registered', True) else 'off (--no-register)'}",
+             "",
              "| mode | new conn/s | ×addressed | p50 µs | ×addressed | p99 µs | ×addressed |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for mode, m in summary.items():
@@ -159,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-register", action="store_true",
+                        help="eBPF mode without the relay's listener registration: SYNs that "
+                             "meet its TIME_WAIT sockets are dropped (the behaviour before the "
+                             "TIME_WAIT hand-over)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("error: needs root (it makes a local cluster and loads eBPF programs)",
@@ -170,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"perf: capture benchmark on local cluster {topo.cluster.name}", flush=True)
     samples: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     try:
-        bench = Bench(topo)
+        bench = Bench(topo, register=not args.no_register)
         bench.start_relay()
         try:
             for rep in range(args.repeat):
@@ -188,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         topo.stop()
     summary = {m: {k: statistics.median(s[k] for s in samples[m]) for k in samples[m][0]}
                for m in MODES if samples[m]}
-    meta = {"when": when, "repeat": args.repeat, "duration": args.duration}
+    meta = {"when": when, "repeat": args.repeat, "duration": args.duration,
+            "registered": not args.no_register}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary,
                                                   "samples": samples}, indent=2) + "\n")

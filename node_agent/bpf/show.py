@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                 cnt, ns = prog_run_stats(dp._prog(name))
                 runs[name] = {"id": prog_id, "run_cnt": cnt, "run_time_ns": ns}
             report = {"status": status, "programs": runs, "enrolled": dp.enrolled(),
-                      "stats": dp.stats(),
+                      "stats": dp.stats(), "listeners": dp.registered_listeners(),
                       "flows": [asdict(f) for f in dp.read_flows()] if args.flows else None}
     except DatapathError as e:
         print(f"show: {e}", file=sys.stderr)
@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"pinned under {status['pin_dir']}: {', '.join(status['pinned'])}")
     print(f"policy routing: {'present' if status['routing'] else 'MISSING'}; "
-          f"sockops on the cgroup: {'attached' if status['sockops_attached'] else 'NOT attached'}")
+          f"sockops on the cgroup: {'attached' if status['sockops_attached'] else 'NOT attached'}; "
+          f"sk_lookup link: {'attached' if status['sk_lookup_attached'] else 'NOT attached'}")
+    registered = ", ".join(f"{k} (cookie {v})" for k, v in sorted(report["listeners"].items()))
+    print(f"tunnel listeners registered: {registered or 'none'}")
     for name, r in report["programs"].items():
         cost = (f", {r['run_time_ns'] / r['run_cnt']:.0f} ns per run over {r['run_cnt']} runs"
                 if r["run_cnt"] else " (run time: sysctl kernel.bpf_stats_enabled=1)")
