@@ -149,6 +149,11 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
         assert m and float(m.group(1)) >= 2
         assert any(e["listener"] == "inbound_plaintext" and "STRICT" in e["reason"]
                    and e["dst_workload"] == "mesh/far" for e in mesh.access_log("node1"))
+
+        # the namespace leaves the mesh: its VIPs leave node0's map, the DNAT serves them again
+        mesh.stop()
+        wait_for("node0's lw_vips emptied", lambda: dp.services() == {} or None)
+        assert call(cluster, "legacy/outsider", "near.mesh") == f"near {outsider}"
     finally:
         dp.close()
         mesh.stop()
