@@ -8,6 +8,8 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from waypoint.http2 import PREFACE, H2Client, H2Server
 from waypoint.streaming import Body
@@ -157,3 +159,30 @@ def test_h2_client_hands_out_a_response_at_its_headers_and_cancel_resets_the_str
 
 def test_preface_constant_is_the_rfc_one():
     assert PREFACE == b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+CL = (b"POST /a HTTP/1.1\r\nHost: web\r\nContent-Length: 11\r\n\r\nhello world"
+      b"GET /b HTTP/1.1\r\nHost: web\r\n\r\n")
+CHUNKED = (b"POST /a HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n"
+           b"GET /b HTTP/1.1\r\nHost: web\r\n\r\n")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([CL, CHUNKED]),
+       st.lists(st.integers(min_value=1, max_value=len(CHUNKED)), max_size=8))
+def test_http1_body_is_the_same_however_the_bytes_are_split(raw, cuts):
+    from waypoint.http1 import RequestReader
+
+    r = RequestReader()
+    got = []
+    points = sorted({c for c in cuts if c < len(raw)})
+    for a, b in zip([0, *points], [*points, len(raw)], strict=True):
+        got += r.feed(raw[a:b])
+    assert [q.target for q in got] == ["/a", "/b"]
+    first = got[0]
+    body = first.body if first.stream is None else first.stream.whole()
+    assert body == b"hello world"
+    if first.stream is not None and raw is CHUNKED:
+        assert first.stream.trailers == [("x-sum", "11")]
+    assert ("x-sum", "11") not in first.headers      # trailers never join the head

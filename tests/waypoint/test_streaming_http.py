@@ -297,3 +297,29 @@ def test_h2_upload_without_length_reaches_an_http1_upstream_chunked(backends, wa
             s.sendall(conn.data_to_send())
     assert status == "200"
     assert json.loads(body)["body_bytes"] == size
+
+
+def test_a_streamed_body_is_mirrored_only_while_it_fits_the_retry_buffer(backends,
+                                                                          waypoint_for):
+    main = backends(("v1", Behaviour()))
+    shadow = FailOnce()          # records the bodies it receives
+    try:
+        shadow_svc = raw_service(shadow.port) | {"name": "shadow"}
+        wp = waypoint_for([service_dict(main), shadow_svc], """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: web}}], mirror: {host: shadow}}]
+""")
+        head, body = post_in_two_steps(wp.port, 1000)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["body_bytes"] == 1000
+        assert eventually(lambda: shadow.bodies == [1000], timeout=WAIT_S)
+        head, body = post_in_two_steps(wp.port, 2 * MiB)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["body_bytes"] == 2 * MiB
+        # the next small one is mirrored again, the large one never was
+        post_in_two_steps(wp.port, 10)
+        assert eventually(lambda: shadow.bodies == [1000, 10], timeout=WAIT_S)
+    finally:
+        shadow.close()
