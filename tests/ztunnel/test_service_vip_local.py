@@ -2,8 +2,11 @@
 the path where the node's DNAT used to carry plaintext past the capture (NOTES.md gap 1). A
 2-node local cluster with its own control plane, node agents, real eBPF programs and tunnels:
 the VIP is captured at the caller's veth before the DNAT and :15006 balances it, so STRICT
-refuses and PERMISSIVE passes it labelled plaintext; a Service with no enrolled endpoint here
-is left to the DNAT (no lw_vips entry); enrolled callers go through :15001 as before."""
+refuses and PERMISSIVE passes it labelled plaintext; endpoints on the other node or not
+enrolled are relayed to with the caller's address (replies find the tunnel through the
+uplink and through an unenrolled pod's veth); a Service with no enrolled endpoint here is left
+to the DNAT (no lw_vips entry); enrolled callers go through :15001 as before; pods leaving the
+mesh take their VIPs out of the map."""
 
 from __future__ import annotations
 
@@ -57,10 +60,12 @@ WORKLOADS = "".join([
     pod("mesh", "near", "node0", [PY, "-c", SERVE, "near"], {"app": "near", "tier": "web"}),
     pod("mesh", "far", "node1", [PY, "-c", SERVE, "far"], {"app": "far", "tier": "web"}),
     pod("mesh", "client", "node0", ["sleep", "infinity"]),
+    # behind the same Service, on the caller's node, but not enrolled
+    pod("mesh", "odd", "node0", [PY, "-c", SERVE, "odd"], {"tier": "web"}),
     pod("legacy", "plain", "node0", [PY, "-c", SERVE, "plain"], {"app": "plain"}),
     pod("legacy", "outsider", "node0", ["sleep", "infinity"]),
     svc("mesh", "near", {"app": "near"}),          # its only endpoint: enrolled, same node
-    svc("mesh", "web", {"tier": "web"}),           # one endpoint here, one on node1
+    svc("mesh", "web", {"tier": "web"}),           # enrolled here and on node1, unenrolled here
     svc("legacy", "plain", {"app": "plain"}),      # nothing enrolled behind it
 ])
 
@@ -90,7 +95,7 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
     cluster = make_cluster(nodes=2)
     (tmp_path / "w.yaml").write_text(WORKLOADS)
     cluster.apply([tmp_path / "w.yaml"])
-    cluster.wait_ready(namespace="mesh", min_pods=3)
+    cluster.wait_ready(namespace="mesh", min_pods=4)
     cluster.wait_ready(namespace="legacy", min_pods=2)
     status = cluster.status()
     pods = {f"{p['namespace']}/{p['name']}": p for p in status["pods"]}
@@ -98,20 +103,21 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
     node0 = next(n for n in status["nodes"] if n["name"] == "node0")
     outsider, client = pods["legacy/outsider"]["ip"], pods["mesh/client"]["ip"]
     dp = Datapath(cluster.name, "node0", netns=node0["netns"])
-    mesh = LocalMesh(cluster, namespaces={"mesh"})
+    mesh = LocalMesh(cluster, namespaces=set(), pods={"mesh/near", "mesh/far", "mesh/client"})
     try:
         mesh.start()
         # node0's capture takes the VIPs of Services with an enrolled endpoint on node0, and
-        # knows the other endpoint (far, node1) the tunnel may dial for them
+        # knows their other endpoints (far on node1, odd unenrolled) the tunnel may dial
         want = {(vips["mesh/near"], 80): layout.VIP_SERVICE,
                 (vips["mesh/web"], 80): layout.VIP_SERVICE,
-                (pods["mesh/far"]["ip"], 8080): layout.VIP_BACKEND}
+                (pods["mesh/far"]["ip"], 8080): layout.VIP_BACKEND,
+                (pods["mesh/odd"]["ip"], 8080): layout.VIP_BACKEND}
         wait_for("node0's lw_vips", lambda: dp.services() == want)
 
         # PERMISSIVE (no policy): by name, balanced by the tunnel, the server sees the caller
         assert call(cluster, "legacy/outsider", "near.mesh") == f"near {outsider}"
-        seen = {call(cluster, "legacy/outsider", "web.mesh") for _ in range(4)}
-        assert seen == {f"near {outsider}", f"far {outsider}"}, seen
+        seen = {call(cluster, "legacy/outsider", "web.mesh") for _ in range(6)}
+        assert seen == {f"near {outsider}", f"far {outsider}", f"odd {outsider}"}, seen
         # a Service with nothing enrolled behind it: untouched (the DNAT's, not the tunnel's)
         captured = dp.stats()["captured_service"]
         assert call(cluster, "legacy/outsider", vips["legacy/plain"]) == f"plain {outsider}"
@@ -130,12 +136,14 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
         assert re.search(r'istio_tcp_connections_opened_total\{[^}]*connection_security_policy='
                          r'"none"[^}]*destination_service_name="near"', metrics), metrics[-2000:]
 
-        # STRICT: refused through the VIP, on node0 (near) and by node1 (far) alike
+        # STRICT: refused through the VIP, on node0 (near) and by node1 (far) alike; the
+        # unenrolled endpoint has no policy (round robin: each endpoint twice in six calls)
         mesh.apply([STRICT])
         assert call(cluster, "legacy/outsider", "near.mesh") in REFUSED
         assert call(cluster, "legacy/outsider", vips["mesh/near"]) in REFUSED
-        for _ in range(4):
-            assert call(cluster, "legacy/outsider", "web.mesh") in REFUSED
+        answers = [call(cluster, "legacy/outsider", "web.mesh") for _ in range(6)]
+        assert answers.count(f"odd {outsider}") == 2, answers
+        assert all(a in REFUSED for a in answers if a != f"odd {outsider}"), answers
         assert call(cluster, "mesh/client", "near.mesh") == f"near {client}"
         assert call(cluster, "legacy/outsider", "plain.legacy") == f"plain {outsider}"
 
@@ -150,7 +158,7 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
         assert any(e["listener"] == "inbound_plaintext" and "STRICT" in e["reason"]
                    and e["dst_workload"] == "mesh/far" for e in mesh.access_log("node1"))
 
-        # the namespace leaves the mesh: its VIPs leave node0's map, the DNAT serves them again
+        # the pods leave the mesh: their VIPs leave node0's map, the DNAT serves them again
         mesh.stop()
         wait_for("node0's lw_vips emptied", lambda: dp.services() == {} or None)
         assert call(cluster, "legacy/outsider", "near.mesh") == f"near {outsider}"
