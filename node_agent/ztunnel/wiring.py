@@ -41,8 +41,10 @@ from node_agent.ztunnel.state import service_capture
 from node_agent.ztunnel.telemetry import Telemetry
 
 log = logging.getLogger("lacewing.ztunnel.wiring")
-REAP_EVERY = 30.0       # s between sweeps of lw_flows for records nobody consumed
-REAP_AFTER = 60.0       # s a closed connection's record is left for the tunnel's final read
+REAP_EVERY = 5.0        # s between sweeps of lw_flows for records nobody consumed
+REAP_AFTER = 15.0       # s a closed connection's record is left for the tunnel's final read
+                        # (it reads within FINAL_WAIT of its own close; refused connections
+                        # are never read, and must not fill the map under a flood)
 
 
 class _AgentCerts:
