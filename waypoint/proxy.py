@@ -387,7 +387,7 @@ class UpstreamConn(asyncio.Protocol):
             if resp.stream is None:
                 pump.cancel()
             else:
-                resp.stream.on_done.append(lambda _ok: pump.cancel())
+                resp.stream.when_done(lambda _ok: pump.cancel())
         return resp
 
     async def _send_body(self, body: Body) -> None:
@@ -550,7 +550,7 @@ class UpstreamH2Conn(UpstreamConn):
                 if not ok:
                     self.h2.cancel(sid)    # RST_STREAM: the other side's cancel, passed on
                     self._write()
-            resp.stream.on_done.append(over)
+            resp.stream.when_done(over)
         elif pump is not None and not pump.done():
             pump.cancel()                  # answered whole before the request ended
             self.h2.cancel(sid)
@@ -1273,45 +1273,60 @@ class Waypoint:
 
     async def _try(self, state: ClusterState, host: Host, payload,
                    head_only: bool, stream: Body | None = None) -> http1.Response:
+        in_flight = state.in_flight
+        address = host.address
         if state.cluster.h2:
             for _ in range(2):
                 conn2 = await state.acquire_h2(host)
-                state.in_flight[host.address] = state.in_flight.get(host.address, 0) + 1
+                in_flight[address] = in_flight.get(address, 0) + 1
+                resp = None
                 try:
-                    return await conn2.exchange_h2(payload, stream)
+                    resp = await conn2.exchange_h2(payload, stream)
+                    return resp
                 except UpstreamFailure as e:
                     if not e.fresh:
                         continue  # the shared connection had just closed: make a new one
                     raise
                 finally:
-                    state.in_flight[host.address] -= 1
+                    if resp is not None and resp.stream is not None:
+                        # a streamed answer counts for LEAST_REQUEST until it is over
+                        resp.stream.when_done(lambda _ok: self._landed(state, address))
+                    else:
+                        in_flight[address] -= 1
             raise UpstreamFailure(retry.RESET, "HTTP/2 connections kept failing")
         for _ in range(2):
             conn = await state.acquire(host)
-            state.in_flight[host.address] = state.in_flight.get(host.address, 0) + 1
+            in_flight[address] = in_flight.get(address, 0) + 1
             try:
                 resp = await conn.exchange(payload, head_only=head_only, body=stream)
             except UpstreamFailure as e:
+                in_flight[address] -= 1
                 conn.abort()
                 if not e.fresh and (stream is None or stream.replayable):
                     continue  # a pooled connection the upstream had closed: use a new one
                 raise
             except BaseException:
+                in_flight[address] -= 1
                 conn.abort()
                 raise
-            finally:
-                state.in_flight[host.address] -= 1
             if resp.stream is not None:
-                # The connection carries the rest of the body: back to the pool at its end.
+                # The connection carries the rest of the body: back to the pool at its end
+                # (and the request counts for LEAST_REQUEST until then).
                 def over(ok: bool, conn=conn, resp=resp) -> None:
+                    self._landed(state, address)
                     reuse = ok and resp.keep_alive and conn.reader is not None and \
                         conn.reader.keep_alive
                     state.release(conn, reuse=reuse)
-                resp.stream.on_done.append(over)
+                resp.stream.when_done(over)
                 return resp
+            in_flight[address] -= 1
             state.release(conn, reuse=resp.keep_alive)
             return resp
         raise UpstreamFailure(retry.RESET, "pooled connections kept failing")
+
+    @staticmethod
+    def _landed(state: ClusterState, address: str) -> None:
+        state.in_flight[address] = state.in_flight.get(address, 1) - 1
 
     def _start_mirror(self, dest, namespace: str, port: int, method: str, uri: str,
                       authority: str, headers: list[tuple[str, str]], body: bytes,

@@ -75,6 +75,14 @@ class Body:
         self._wake()
         self._done(False)
 
+    def when_done(self, cb: Callable[[bool], None]) -> None:
+        """Call `cb(ended)` once the body has ended (True) or failed (False) — at once if it
+        already has."""
+        if self.finished:
+            cb(self.ended)
+        else:
+            self.on_done.append(cb)
+
     # --- the reader side (the proxy) ------------------------------------------------------
     @property
     def finished(self) -> bool:

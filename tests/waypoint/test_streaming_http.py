@@ -323,3 +323,69 @@ spec:
         assert eventually(lambda: shadow.bodies == [1000, 10], timeout=WAIT_S)
     finally:
         shadow.close()
+
+
+class SplitAnswers:
+    """Keep-alive HTTP/1.1 upstream that writes each answer's head and body separately (so
+    the waypoint sees the head first and streams the body)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                _, _, data = data.partition(b"\r\n\r\n")
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                threading.Event().wait(0.001)
+                conn.sendall(b"hello")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+
+def test_streamed_answers_give_their_upstream_connection_back(waypoint_for):
+    upstream = SplitAnswers()
+    try:
+        wp = waypoint_for([raw_service(upstream.port)], """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}
+""")
+        with socket.create_connection(("127.0.0.1", wp.port), timeout=10) as s:
+            for _ in range(30):    # one upstream connection allowed: each must come back
+                s.sendall(b"GET / HTTP/1.1\r\nHost: web.demo\r\n\r\n")
+                head, body = read_response(s)
+                assert head.startswith(b"HTTP/1.1 200") and body == b"hello"
+        clusters = wp.call(lambda: wp.waypoint.describe()["clusters"])
+        assert [c["connections"] for c in clusters.values()] == [1]
+    finally:
+        upstream.close()
