@@ -7,7 +7,8 @@ process) and plaintext from an unenrolled pod (node1's :15006) — and each repo
 istio_tcp_received_bytes_total / istio_tcp_sent_bytes_total for that workload pair moves by
 exactly the application's bytes, read from the agent's :15020; the access-log line carries the
 same figures with `bytes_source: kernel`; the flow records of those connections are gone from
-the kernel map once read (the tunnel consumed them).
+the kernel map once read (the tunnel consumed them), and the record of a refused connection,
+which the tunnel never reads, is reaped by the agent.
 """
 
 from __future__ import annotations
@@ -57,6 +58,16 @@ CALL = ("import socket,sys,json\n"
         "  got+=len(d)\n"
         "me=c.getsockname();c.close()\n"
         "print(json.dumps({'got':got,'port':me[1]}))\n")
+
+
+# print our port, then connect (captured; the tunnel refuses it, maybe before connect returns)
+REFUSED = ("import socket,sys\n"
+           "c=socket.socket();c.bind(('0.0.0.0',0));c.settimeout(10)\n"
+           "print(c.getsockname()[1],flush=True)\n"
+           "try:\n"
+           "  c.connect((sys.argv[1],8080));c.sendall(b'1 1\\n');c.recv(10)\n"
+           "except OSError:\n"
+           "  pass\n")
 
 
 def workloads() -> str:
@@ -174,14 +185,38 @@ def test_istio_tcp_bytes_are_the_kernels_exact_counts(make_cluster, tmp_path):
                 assert moved == want, (node, key, moved, want, sorted(after[node]))
 
         # read to the end, the records of these connections left the kernel map
-        for node in ("node0", "node1"):
+        def records(node: str, pred) -> list:
             dp = Datapath(cluster.name, node, netns=nodes[node]["netns"])
             try:
-                left = [f for f in dp.read_flows()
-                        if f.dport == 8080 and f.src in (client["ip"], outsider["ip"])]
+                return [f for f in dp.read_flows() if pred(f)]
             finally:
                 dp.close()
+
+        for node in ("node0", "node1"):
+            left = records(node, lambda f: f.dport == 8080
+                           and f.src in (client["ip"], outsider["ip"]))
             assert left == [], (node, left)
+
+        # a refused connection is never read by the tunnel: the agent's reaper removes its
+        # record once it has been closed for a while (wiring.REAP_AFTER), so floods of refused
+        # connections cannot fill the map
+        mesh.apply([{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                     "metadata": {"name": "strict", "namespace": "kb"},
+                     "spec": {"mtls": {"mode": "STRICT"}}}])
+        out = cluster.exec("kblegacy/outsider", [PY, "-c", REFUSED, server["ip"]],
+                           capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip().isdigit(), out.stderr[-1500:]
+        port = int(out.stdout.split()[0])
+        mine = lambda f: f.src == outsider["ip"] and f.sport == port    # noqa: E731
+        deadline = time.monotonic() + 10
+        while not [f for f in records("node1", mine) if not f.open]:
+            assert time.monotonic() < deadline, records("node1", mine)
+            time.sleep(0.2)
+        assert wait_log(mesh, "node1", src=f"{outsider['ip']}:{port}")["decision"] == "deny"
+        deadline = time.monotonic() + 60
+        while records("node1", mine):
+            assert time.monotonic() < deadline, "the refused connection's record stayed"
+            time.sleep(1)
     finally:
         mesh.stop()
         uninstall_capture(cluster)
