@@ -221,16 +221,17 @@ class Telemetry:
         self._log(rec)
 
     def _final(self, rec: ConnRecord, fb) -> None:
+        flows = self._flows     # once: the agent may detach it from another thread
         if fb is None:
-            if rec.flow_cookie and self._flows is not None:
+            if rec.flow_cookie and flows is not None:
                 self.userspace_counted.inc()
             rec.bytes_source = "userspace"
             # never report less than was already counted (a record that vanished midway)
             rec.sent = max(rec.sent, rec.counted_sent)
             rec.received = max(rec.received, rec.counted_received)
-        elif rec.flow_cookie and self._flows is not None:
+        elif rec.flow_cookie and flows is not None:
             try:
-                self._flows.consume(rec.flow_cookie, rec.spare_cookie)
+                flows.consume(rec.flow_cookie, rec.spare_cookie)
             except (OSError, ValueError):
                 pass
         self._add_bytes(rec)
