@@ -132,6 +132,9 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
         entry = wait_for("node0's access log of the VIP connection", plaintext_allowed)[0]
         assert entry["dst_workload"] == "mesh/near" and entry["src"].startswith(outsider + ":")
         assert entry["connection_security_policy"] == "none" and entry["kind"] == "inbound"
+        assert entry["target"] == f"{pods['mesh/near']['ip']}:8080"
+        assert entry["dst"] == f"{vips['mesh/near']}:80"
+        assert (entry["bytes_sent"], entry["bytes_received"]) == (0, len(f"near {outsider}\n"))
         metrics = mesh.metrics("node0")
         assert re.search(r'istio_tcp_connections_opened_total\{[^}]*connection_security_policy='
                          r'"none"[^}]*destination_service_name="near"', metrics), metrics[-2000:]
