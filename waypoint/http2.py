@@ -37,6 +37,20 @@ from waypoint.streaming import RETRY_BUFFER_BYTES, Body
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
+# Receive windows. A streamed body is acknowledged only as it is consumed, so these bound
+# what one stream (and one connection) can have in flight towards the waypoint — and, on a
+# fast path, how much goes per round trip (h2's 64 KiB default halves upload throughput).
+STREAM_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 4 * 1024 * 1024
+
+
+def _open_windows(conn: h2.connection.H2Connection, stream_window: int,
+                  connection_window: int) -> None:
+    if stream_window != 65535:
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window})
+    if connection_window > 65535:
+        conn.increment_flow_control_window(connection_window - 65535)
+
 
 @dataclass(slots=True)
 class RequestReady:
@@ -80,7 +94,9 @@ class _Out:
 class H2Server:
     def __init__(self, *, max_concurrent: int = 100, max_head: int = 65536,
                  max_body: int | None = None, max_resets: int = 200,
-                 reset_window_s: float = 1.0, retain: int = RETRY_BUFFER_BYTES) -> None:
+                 reset_window_s: float = 1.0, retain: int = RETRY_BUFFER_BYTES,
+                 stream_window: int = STREAM_WINDOW,
+                 connection_window: int = CONNECTION_WINDOW) -> None:
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
                                         validate_inbound_headers=True,
                                         normalize_inbound_headers=True)
@@ -89,8 +105,10 @@ class H2Server:
             client=False, initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_head,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
             })
         self.conn.initiate_connection()
+        _open_windows(self.conn, 65535, connection_window)
         self.max_head = max_head
         self.max_body = max_body
         self.retain = retain
@@ -364,12 +382,14 @@ class H2Client:
     soon as their headers are in, the body following in a `Body` (acknowledged to the server
     only as the proxy consumes it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stream_window: int = STREAM_WINDOW,
+                 connection_window: int = CONNECTION_WINDOW) -> None:
         cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
                                         validate_inbound_headers=True,
                                         normalize_inbound_headers=True)
         self.conn = h2.connection.H2Connection(config=cfg)
         self.conn.initiate_connection()
+        _open_windows(self.conn, stream_window, connection_window)
         self._streams: dict[int, dict] = {}
         self._live: dict[int, Body] = {}
         self._pending: dict[int, _Out] = {}
