@@ -1448,6 +1448,7 @@ class Downstream(asyncio.Protocol):
         self.write_paused = False
         self.drainers: list[asyncio.Future] = []
         self.body_paused = False                    # reading paused: a request body backs up
+        self.discarding = False                     # lingering before a close: input dropped
         self.h2_waiters: list[asyncio.Future] = []  # streams waiting for HTTP/2 windows
         self.header_reader = None
         if server.tunnel_header:
@@ -1542,6 +1543,25 @@ class Downstream(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
+    LINGER_S = 1.0   # Envoy's delayed_close_timeout
+
+    def _linger_close(self) -> None:
+        """Close after an answer that came before the request body ended: closing a socket
+        with unread bytes would send a reset that can destroy the answer in flight, so (as
+        Envoy's delayed close does) stop writing, read and drop what still comes for up to
+        `LINGER_S`, then close."""
+        if self.closed:
+            return
+        self.reader.fail("answered")
+        self.discarding = True
+        self.queue.clear()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.body_paused:
+            self.body_paused = False
+            self.transport.resume_reading()
+        self._arm(self.LINGER_S, "linger")
+
     def _start_h2(self) -> None:
         self.h2 = http2.H2Server(max_head=self.server.max_head,
                                  retain=self.server.retry_buffer_bytes)
@@ -1577,6 +1597,8 @@ class Downstream(asyncio.Protocol):
         return rest
 
     def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
         if self.header_reader is not None:
             data = self._tunnel_header(data)
             if not data:
@@ -1662,13 +1684,14 @@ class Downstream(asyncio.Protocol):
                         out.status, out.headers, out.body, keep_alive=keep,
                         head=req.method == "HEAD"))
                 if req.stream is not None and not req.stream.finished:
-                    keep = False
+                    self._linger_close()    # the client may still be sending its body
+                    return
                 if not keep:
                     self._close()
                     return
         finally:
             self.task = None
-        if not self.closed and not self.reader.mid_request:
+        if not self.closed and not self.discarding and not self.reader.mid_request:
             self._arm(self.server.idle_timeout_s, "idle")
 
     # --- HTTP/2 ---------------------------------------------------------------------------

@@ -389,3 +389,23 @@ spec:
         assert [c["connections"] for c in clusters.values()] == [1]
     finally:
         upstream.close()
+
+
+def test_an_upload_refused_at_its_headers_gets_the_answer_not_a_reset(backends, waypoint_for):
+    backs = backends(("v1", Behaviour()))
+    wp = waypoint_for([service_dict(backs)], """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-uploads, namespace: demo}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [POST]}}]}]
+""")
+    size = 8 * MiB
+    with socket.create_connection(("127.0.0.1", wp.port), timeout=30) as s:
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: web.demo\r\nContent-Length: %d\r\n\r\n" % size)
+        s.sendall(b"x" * size)       # the waypoint drops it (lingering close) rather than reset
+        head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 403") and body == b"RBAC: access denied"
+        assert b"connection: close" in head.lower()
