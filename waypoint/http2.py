@@ -208,8 +208,8 @@ class H2Server:
                 if len(self._resets) > self.max_resets:
                     self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "rapid_reset")
                     return out
-            elif isinstance(ev, h2.events.WindowUpdated):
-                self._flush()
+            elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                self._flush()     # (a new INITIAL_WINDOW_SIZE opens windows too)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.closed = True
         # Streams whose headers came but whose body is still arriving: hand them out now.
@@ -507,7 +507,7 @@ class H2Client:
                 if self._streams.pop(ev.stream_id, None) is not None:
                     out.append(ev.stream_id)
                 self._pending.pop(ev.stream_id, None)
-            elif isinstance(ev, h2.events.WindowUpdated):
+            elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
                 flush(self.conn, self._pending)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.closed = True
