@@ -33,10 +33,11 @@ PROGRAMS: tuple[Program, ...] = (
             "tc ingress, host-side veth of an enrolled pod"),
     Program("inbound", "lw_inbound.c", "lw_inbound", "SCHED_CLS",
             "tc ingress, node uplink and host-side veths of unenrolled pods"),
-    Program("sockops", "lw_sockops.c", "lw_sockops", "SOCK_OPS",
-            "cgroup v2 root, sock_ops (per-connection L4 counters)"),
     Program("sk_lookup", "lw_sk_lookup.c", "lw_sk_lookup", "SK_LOOKUP",
             "node network namespace, sk_lookup link (captured SYNs meeting TIME_WAIT)"),
+    # last: its pin is what watchers take for "the datapath is loaded" (tests/local)
+    Program("sockops", "lw_sockops.c", "lw_sockops", "SOCK_OPS",
+            "cgroup v2 root, sock_ops (per-connection L4 counters)"),
 )
 
 # bpf_prog_type numbers (uapi/linux/bpf.h); BCC 0.26 names no SK_LOOKUP type
