@@ -12,8 +12,8 @@ Before: a `node_agent.agent.NodeAgent` (its hooks: `subscribe(fn)`, `registry`, 
   datapath: `Datapath.sync` enrolls the node's enrolled pods and makes the others plaintext-
   captured, so the tunnel already knows a pod when its first SYN is captured; then
   `Datapath.set_services` with the Service VIPs that have an enrolled endpoint on this node
-  (`state.service_capture`), which unenrolled pods' connections must not reach through DNAT. The datapath is
-  installed with the first snapshot that enrolls a pod of this node (a node with no mesh pod
+  (`state.service_capture`), which unenrolled pods' connections must not reach through DNAT.
+  The datapath is installed with the first snapshot that enrolls a pod of this node (a node with no mesh pod
   never loads eBPF programs); each time it is installed or adopted, the tunnel's listening
   sockets are registered with it (`Datapath.register_listeners`), which the capture needs for a
   pod that reuses a source port while the tunnel's side of the old connection is in TIME_WAIT;
