@@ -104,7 +104,7 @@ class RequestReader:
         self._in_head = False
         self._head_done = False
         self._stream: Body | None = None
-        self._trailers: list[tuple[str, str]] = []
+        self._trailers: list[tuple[str, str]] | None = None
 
     # httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -116,14 +116,16 @@ class RequestReader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
-        if len(self._headers) + len(self._trailers) >= self.max_headers or \
-                self._head_bytes > self.max_head:
+        if len(self._headers) >= self.max_headers or self._head_bytes > self.max_head:
             raise ProtocolError(431, "headers_too_large")
-        field_ = (name.decode("latin-1").lower(), value.decode("latin-1"))
-        if self._head_done:
-            self._trailers.append(field_)   # a chunked body's trailer section
-        else:
-            self._headers.append(field_)
+        if self._head_done:                 # a chunked body's trailer section
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+            if len(self._headers) + len(self._trailers) > self.max_headers:
+                raise ProtocolError(431, "headers_too_large")
+            return
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -154,11 +156,25 @@ class RequestReader:
     def on_message_complete(self) -> None:
         stream = self._stream
         if stream is not None:       # handed out already: its body is complete now
-            stream.end(self._trailers or None)
-        else:
-            self._ready.append(self._request(b"".join(self._body) if self._body else b"",
-                                             None))
-        self._stream = None
+            stream.end(self._trailers)
+            self._stream = None
+        else:                        # the whole request arrived together (the common case)
+            p = self._parser
+            headers = self._headers
+            authority = ""
+            for n, v in headers:
+                if n == "host":
+                    authority = v
+                    break
+            self._ready.append(Request(
+                method=p.get_method().decode("ascii"),
+                target=self._url.decode("latin-1"),
+                headers=headers,
+                body=b"".join(self._body) if self._body else b"",
+                keep_alive=p.should_keep_alive(),
+                version=p.get_http_version(),
+                authority=authority,
+            ))
         self._head_done = False
         self._head_raw = 0
 
@@ -261,7 +277,7 @@ class ResponseReader:
         self._started = False
         self.head_complete = False
         self.stream: Body | None = None
-        self.trailers: list[tuple[str, str]] = []
+        self.trailers: list[tuple[str, str]] | None = None   # a chunked body's, if any
 
     def reset(self) -> None:
         """Ready for the next response on the same keep-alive connection (same parser)."""
@@ -273,17 +289,18 @@ class ResponseReader:
         self._started = False
         self.head_complete = False
         self.stream = None
-        self.trailers = []
+        self.trailers = None
 
     def on_message_begin(self) -> None:
         self._started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        field_ = (name.decode("latin-1").lower(), value.decode("latin-1"))
-        if self.head_complete:
-            self.trailers.append(field_)   # a chunked body's trailer section
-        else:
-            self.headers.append(field_)
+        if self.head_complete:             # a chunked body's trailer section
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+            return
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -309,7 +326,7 @@ class ResponseReader:
         self.keep_alive = self._parser.should_keep_alive()
         self.done = True
         if self.stream is not None:
-            self.stream.end(self.trailers or None)
+            self.stream.end(self.trailers)
 
     def start_stream(self) -> Response:
         """Status and headers are complete, the body is not: the response to forward now,
