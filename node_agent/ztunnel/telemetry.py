@@ -52,6 +52,8 @@ class ConnRecord:
     target: str = ""                    # address actually connected to (endpoint / pod)
     next_hop: str = ""
     kind: str = ""                      # tunnel | waypoint | direct | same_node | inbound
+    #                                     | service_relay (not a mesh endpoint here: logged,
+    #                                     no istio_* series; the endpoint's node reports it)
     src_identity: str | None = None
     dst_identity: str | None = None
     src_workload: str | None = None     # namespace/name
@@ -161,7 +163,8 @@ class Telemetry:
         tunnel opened (relay.Side objects), so the kernel's record can be found."""
         rec.opened = True
         rec.label_values = tuple(rec.labels()[k] for k in LABELS)
-        self._child(self.opened_total, rec.label_values).inc()
+        if rec.kind != "service_relay":
+            self._child(self.opened_total, rec.label_values).inc()
         self._child(self.active, (rec.listener,)).inc()
         if self._flows is not None and down is not None and up is not None:
             # the pod-facing socket: the captured one, except over :15008 where it is the
@@ -195,7 +198,7 @@ class Telemetry:
         # counters only grow: a count that went back (the record vanished and user space
         # counted less) adds nothing
         ds, dr = rec.sent - rec.counted_sent, rec.received - rec.counted_received
-        if ds > 0 or dr > 0:
+        if (ds > 0 or dr > 0) and rec.kind != "service_relay":
             values = rec.label_values or tuple(rec.labels()[k] for k in LABELS)
             if ds > 0:
                 self._child(self.received_bytes, values).inc(ds)
@@ -207,7 +210,8 @@ class Telemetry:
     def closed(self, rec: ConnRecord) -> None:
         rec.t_end = time.monotonic()
         if rec.opened:
-            self._child(self.closed_total, rec.label_values).inc()
+            if rec.kind != "service_relay":
+                self._child(self.closed_total, rec.label_values).inc()
             self._child(self.active, (rec.listener,)).dec()
             fb = self._read_kernel(rec)
             if fb is not None and not fb.closed:

@@ -138,6 +138,13 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
         metrics = mesh.metrics("node0")
         assert re.search(r'istio_tcp_connections_opened_total\{[^}]*connection_security_policy='
                          r'"none"[^}]*destination_service_name="near"', metrics), metrics[-2000:]
+        # the connection node0 relayed to far (node1) is reported once, by far's node: node0
+        # logs it but keeps it out of its istio_* series
+        assert any(e.get("kind") == "service_relay" and e.get("dst_workload") == "mesh/far"
+                   for e in mesh.access_log("node0"))
+        far_opened = r'istio_tcp_connections_opened_total\{[^}]*destination_workload="far"'
+        assert not re.search(far_opened, metrics)
+        assert re.search(far_opened, mesh.metrics("node1"))
 
         # STRICT: refused through the VIP, on node0 (near) and by node1 (far) alike; the
         # unenrolled endpoint has no policy (round robin: each endpoint twice in six calls)
