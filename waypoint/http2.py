@@ -236,6 +236,12 @@ class H2Server:
         except (h2.exceptions.ProtocolError, KeyError):
             pass
 
+    def fail_all(self, reason: str) -> None:
+        """The connection is gone: every request body still arriving fails."""
+        live, self._live = self._live, {}
+        for body in live.values():
+            body.fail(reason)
+
     def abandon(self, stream_id: int) -> None:
         """The answer is complete while the client is still sending: stop the stream
         (RST_STREAM NO_ERROR, RFC 9113 §8.1) and give back the window of what it sent."""

@@ -1500,6 +1500,8 @@ class Downstream(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         self.reader.fail("closed")
+        if self.h2 is not None:
+            self.h2.fail_all("closed")
         for t in self.h2_tasks.values():
             t.cancel()
         if self.task is not None:

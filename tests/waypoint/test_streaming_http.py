@@ -409,3 +409,57 @@ spec:
         head, body = read_response(s)
         assert head.startswith(b"HTTP/1.1 403") and body == b"RBAC: access denied"
         assert b"connection: close" in head.lower()
+
+
+def test_client_reset_mid_answer_closes_the_http1_upstream_connection(waypoint_for):
+    sock = socket.create_server(("127.0.0.1", 0))
+    closed = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = sock.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"5\r\nfirst\r\n")
+                conn.settimeout(WAIT_S)
+                if conn.recv(1) == b"":          # the waypoint gave up on this answer
+                    closed.set()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        wp = waypoint_for([raw_service(sock.getsockname()[1])])
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                 header_encoding="utf-8"))
+        c.initiate_connection()
+        with socket.create_connection(("127.0.0.1", wp.port), timeout=30) as s:
+            sid = c.get_next_available_stream_id()
+            c.send_headers(sid, [(":method", "GET"), (":path", "/watch"), (":scheme", "http"),
+                                 (":authority", "web.demo")], end_stream=True)
+            s.sendall(c.data_to_send())
+            got = b""
+            while b"first" not in got:
+                data = s.recv(65536)
+                assert data, "connection closed"
+                for ev in c.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        got += ev.data
+                s.sendall(c.data_to_send())
+            c.reset_stream(sid)
+            s.sendall(c.data_to_send())
+            assert closed.wait(WAIT_S), "the upstream connection outlived the client's stream"
+            # the client's connection is still good: a PING is answered
+            c.ping(b"12345678")
+            s.sendall(c.data_to_send())
+            acked = False
+            while not acked:
+                data = s.recv(65536)
+                assert data, "client connection closed"
+                acked = any(isinstance(ev, h2.events.PingAckReceived)
+                            for ev in c.receive_data(data))
+    finally:
+        sock.close()
+        t.join(WAIT_S)
