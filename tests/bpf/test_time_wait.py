@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
 # a SYN that is dropped is retransmitted after 1 s: a connect bounded well below that fails
 # unless the first SYN was taken
-FIRST_SYN_ONLY = 0.5
+FIRST_SYN_ONLY = 0.8
 
 
 def pods(topo):
