@@ -351,7 +351,10 @@ def test_down_detaches_the_node_agents_programs(make_cluster, tmp_path):
         finally:
             os.close(fd)
 
-    assert ids <= attached()
+    # the loader pins before the agent attaches: wait for the attachment itself
+    while not ids <= attached() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ids <= attached(), "the node agents did not attach their sockops programs"
     # Agents that crash (SIGKILL: no chance to clean up) leave their programs attached ...
     for c in cluster.status()["components"]:
         if c["kind"] in ("node-agent", "supervisor") and c["pid"]:
