@@ -111,6 +111,12 @@ class Tunnel:
     def ready(self) -> bool:
         return bool(self.state.version) and bool(self._servers) and not self._draining
 
+    def listening_fds(self) -> dict[str, int]:
+        """Listener name (outbound, inbound, inbound_plaintext) -> its listening socket's fd,
+        for the datapath's listener map. Valid until `close()`."""
+        return {name: server.sockets[0].fileno() for name, server in self._servers.items()
+                if name != "readiness" and server.sockets}
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         c = self.config

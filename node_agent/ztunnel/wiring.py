@@ -191,10 +191,8 @@ class Dataplane:
         captured SYN meeting the tunnel's own TIME_WAIT socket of its tuple (a pod reusing a
         source port within 60 s) is handed to them instead of dropped (docs/datapath.md)."""
         from node_agent.datapath import DatapathError
-        servers = self.tunnel._servers if self.tunnel is not None else {}
-        socks = {slot: servers[name].sockets[0].fileno()
-                 for name, slot in self.LISTENER_SLOTS.items()
-                 if name in servers and servers[name].sockets}
+        fds = self.tunnel.listening_fds() if self.tunnel is not None else {}
+        socks = {slot: fds[name] for name, slot in self.LISTENER_SLOTS.items() if name in fds}
         try:
             dp.register_listeners(socks)
         except (DatapathError, OSError) as exc:
