@@ -473,6 +473,9 @@ class H2Client:
             return []
         out: list[ResponseReady | int] = []
         for ev in events:
+            if isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                flush(self.conn, self._pending)   # (a request body may be streaming out)
+                continue
             sid = getattr(ev, "stream_id", 0) or 0
             live = self._live.get(sid)
             if live is not None:
@@ -513,8 +516,6 @@ class H2Client:
                 if self._streams.pop(ev.stream_id, None) is not None:
                     out.append(ev.stream_id)
                 self._pending.pop(ev.stream_id, None)
-            elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-                flush(self.conn, self._pending)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.closed = True
         # Responses whose headers came but whose body is still arriving: hand them out now.

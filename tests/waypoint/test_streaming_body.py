@@ -186,3 +186,35 @@ def test_http1_body_is_the_same_however_the_bytes_are_split(raw, cuts):
     if first.stream is not None and raw is CHUNKED:
         assert first.stream.trailers == [("x-sum", "11")]
     assert ("x-sum", "11") not in first.headers      # trailers never join the head
+
+
+def test_h2_client_keeps_sending_a_request_body_while_its_response_streams():
+    # Bidirectional: the response is already being handed out (a live body) when the
+    # server's WINDOW_UPDATE for the same stream arrives; queued request bytes must go out.
+    up = H2Client()
+    srv = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                               header_encoding="utf-8"))
+    srv.initiate_connection()
+    srv.increment_flow_control_window(10 * 1024 * 1024)  # only the stream window limits
+    srv.receive_data(up.data_to_send())
+    up.feed(srv.data_to_send())
+    sid = up.request([(":method", "POST"), (":path", "/chat"), (":scheme", "http"),
+                      (":authority", "web")], b"", end=False)
+    up.send(sid, b"q" * 100_000)
+    assert up.unsent(sid) == 100_000 - 65_535          # the server's window is full
+    events = srv.receive_data(up.data_to_send())
+    srv.send_headers(sid, [(":status", "200")])
+    srv.send_data(sid, b"reply")
+    (resp,) = up.feed(srv.data_to_send())              # the response is live now
+    assert resp.stream is not None and up.unsent(sid) > 0
+    received = 0
+    for ev in events:
+        if isinstance(ev, h2.events.DataReceived):
+            received += len(ev.data)
+            srv.acknowledge_received_data(ev.flow_controlled_length, sid)
+    assert up.feed(srv.data_to_send()) == []           # WINDOW_UPDATEs for that stream
+    assert up.unsent(sid) == 0                          # ... let the rest go out
+    for ev in srv.receive_data(up.data_to_send()):
+        if isinstance(ev, h2.events.DataReceived):
+            received += len(ev.data)
+    assert received == 100_000
