@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--no-dataplane", action="store_true",
                    help="run without the node tunnel and eBPF capture (node_agent/ztunnel/wiring.py)")
+    p.add_argument("--tunnel-reuse", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse TLS connections between node tunnels (docs/tunnel.md; default: "
+                        "the tunnel's default)")
     return p.parse_args(argv)
 
 
@@ -42,7 +45,11 @@ async def amain(args: argparse.Namespace) -> int:
                       ready_port=args.ready_port)
     if not args.no_dataplane:
         from node_agent.ztunnel.wiring import attach
-        attach(agent)
+        options = {}
+        if args.tunnel_reuse is not None:
+            from node_agent.ztunnel.proxy import TunnelConfig
+            options["config"] = TunnelConfig(readiness_addr=None, reuse=args.tunnel_reuse)
+        attach(agent, **options)
     return await run_until_signalled(agent)
 
 

@@ -14,6 +14,7 @@ up on the next generation.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,8 +64,20 @@ def node_agent_spec(record: dict[str, Any], state_dir: Path, node: dict[str, Any
         node=node["name"],
         argv=(sys.executable, "-m", "node_agent", "--cluster", str(record.get("name", "")),
               "--node", node["name"], "--control-plane", f"{address}:{CONTROL_PLANE_GRPC_PORT}",
-              "--credentials", str(state_dir / "nodes" / node["name"])),
+              "--credentials", str(state_dir / "nodes" / node["name"]))
+        + _tunnel_reuse_flag(),
         ready_port=NODE_AGENT_READY_PORT)
+
+
+def _tunnel_reuse_flag() -> tuple[str, ...]:
+    """LACEWING_TUNNEL_REUSE=0|1 in the environment of whoever brings the cluster up (the perf
+    suite compares both) turns the node tunnels' connection reuse off or on; unset: default."""
+    value = os.environ.get("LACEWING_TUNNEL_REUSE", "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return ("--no-tunnel-reuse",)
+    if value in ("1", "true", "yes", "on"):
+        return ("--tunnel-reuse",)
+    return ()
 
 
 def default_components(record: dict[str, Any], state_dir: Path) -> list[ComponentSpec]:

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--access-log", default="-", help="file, '-' for stderr, 'off'")
     ap.add_argument("--no-transparent", action="store_true")
     ap.add_argument("--no-resumption", action="store_true")
+    ap.add_argument("--tunnel-reuse", action=argparse.BooleanOptionalAction,
+                    default=TunnelConfig().reuse,
+                    help="reuse TLS connections toward node tunnels (framed protocol)")
     ap.add_argument("--no-uvloop", action="store_true")
     ap.add_argument("--splice", action="store_true",
                     help="same-node connections forwarded in the kernel (sockhash + sk_skb)")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                           tunnel_port=args.inbound_port,
                           transparent=not args.no_transparent,
                           resumption=not args.no_resumption, idle_timeout=args.idle_timeout,
-                          splice=args.splice,
+                          splice=args.splice, reuse=args.tunnel_reuse,
                           handshake_timeout=args.handshake_timeout)
     tunnel = Tunnel(CaCertificates(ca), config=config,
                     telemetry=Telemetry(registry=registry, access_log=log_stream))

@@ -18,6 +18,13 @@ calls `await tunnel.update(snapshot)` for each accepted NodeSnapshot. After `sta
          503 while draining.
 `drain()` stops accepting, reports not ready and waits for open connections (up to a deadline).
 
+Tunnel reuse (`TunnelConfig.reuse`, docs/tunnel.md "Reusing tunnel connections"): toward node
+tunnels the client asks for the framed protocol (wire.FLAG_FRAMED); an inner connection that
+ends cleanly leaves its TLS connection idle — on the client in `pool.IdlePool`, keyed by
+(source identity, expected identity, next hop, TLS context), on the server waiting for the next
+header, which is decided afresh exactly like a first one. A reused connection that ends before
+the reply (the server closed it while idle) is retried once on a new TLS connection.
+
 Timeouts and limits bound what a bad peer can hold: a handshake (and header) must finish within
 `handshake_timeout`; at most `max_pending` connections may be in setup and `max_connections`
 open; connections idle (no byte either way) for `idle_timeout` are closed. Everything refused is
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -40,7 +48,8 @@ from control.snapshot import NodeSnapshot
 from node_agent.certs.manager import CertificateUnavailable
 from node_agent.ztunnel import inbound, outbound, wire
 from node_agent.ztunnel.balancer import RoundRobin
-from node_agent.ztunnel.relay import Side, join
+from node_agent.ztunnel.pool import IdlePool
+from node_agent.ztunnel.relay import Side, join, join_framed
 from node_agent.ztunnel.state import EMPTY, NodeState
 from node_agent.ztunnel.telemetry import ConnRecord, Telemetry
 from node_agent.ztunnel.tls import CertSource, Contexts, TlsConnection
@@ -50,6 +59,7 @@ IP_TRANSPARENT = 19
 IP_FREEBIND = 15
 IP_BIND_ADDRESS_NO_PORT = 24
 CERT_REFRESH_SECONDS = 30.0
+EARLY_LIMIT = 64 << 10       # bytes sent ahead of the reply (kept for a retry) on a framed tunnel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +77,12 @@ class TunnelConfig:
     max_pending: int = 1024
     backlog: int = 4096
     resumption: bool = True
+    # Reuse TLS connections between node tunnels (framed protocol, docs/tunnel.md). The server
+    # side always accepts it; this decides whether this tunnel asks for it as a client.
+    reuse: bool = True
+    reuse_max_idle: int = 32                # idle connections kept per key (client)
+    reuse_idle_timeout: float = 20.0        # client: an idle connection older is not reused
+    reuse_server_idle_timeout: float = 30.0  # server: no next header that long closes it
     # Same-node connections: let the kernel forward the bytes (node_agent/ztunnel/splice.py)
     # instead of copying them through this process. Needs BCC for a short-lived loader.
     splice: bool = False
@@ -98,6 +114,11 @@ class Tunnel:
         self._draining = False
         self._sweeper: asyncio.Task | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
+        self.pool: IdlePool[Side] = IdlePool(
+            max_idle_per_key=self.config.reuse_max_idle,
+            idle_timeout=self.config.reuse_idle_timeout,
+            usable=_idle_usable, discard=_close_idle)
+        self._idle_tunnels: set[Side] = set()     # server: waiting for the next header
 
     # ------------------------------------------------------------------ lifecycle
     async def update(self, snapshot: NodeSnapshot) -> None:
@@ -159,6 +180,7 @@ class Tunnel:
         for name, server in list(self._servers.items()):
             if name != "readiness":
                 server.close()
+        self._close_idle_tunnels()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (self._open or self._pending) and loop.time() < deadline:
@@ -169,8 +191,14 @@ class Tunnel:
             b.abort()
         await self.close()
 
+    def _close_idle_tunnels(self) -> None:
+        self.pool.clear()
+        for side in list(self._idle_tunnels):
+            side.close()
+
     async def close(self) -> None:
         self._draining = True
+        self._close_idle_tunnels()
         if self.splicer is not None:
             self.splicer.close()
             self.splicer = None
@@ -196,7 +224,8 @@ class Tunnel:
     def _admit(self, listener: str, side: Side) -> bool:
         if self._draining:
             reason = "draining"
-        elif len(self._open) + self._pending >= self.config.max_connections:
+        elif (len(self._open) + self._pending + len(self._idle_tunnels)
+              >= self.config.max_connections):
             reason = "connection_limit"
         elif self._pending >= self.config.max_pending:
             reason = "pending_limit"
@@ -283,6 +312,35 @@ class Tunnel:
         if down.splice is not None:
             rec.kind = "same_node_spliced"
 
+    def _relay_framed(self, rec: ConnRecord, down: Side, up: Side, *, tun: Side,
+                      on_release: Callable[[Side], None]) -> None:
+        """Like `_relay`, over a framed tunnel side that outlives the inner connection."""
+        self.telemetry.opened(rec, down, up)
+        entry = (rec, down, up)
+        self._open.add(entry)
+
+        def released(side: Side) -> None:
+            self._open.discard(entry)       # its counts are final; the TLS side goes on
+            on_release(side)
+
+        def closed(plain_received: int, tun_received: int) -> None:
+            self._open.discard(entry)
+            if tun is down:
+                rec.sent, rec.received = tun_received, plain_received
+            else:
+                rec.sent, rec.received = plain_received, tun_received
+            self.telemetry.closed(rec)
+
+        def bad_frame(exc: Exception) -> None:
+            rec.decision = "error"
+            rec.reason = (rec.reason + "; " if rec.reason else "") + f"bad frame: {exc}"
+            self.telemetry.refused_count(rec.listener, "bad_frame")
+            log.info("%s %s -> %s closed: bad frame from the peer tunnel: %s", rec.listener,
+                     rec.src, rec.dst, exc)
+
+        plain = up if tun is down else down
+        join_framed(plain, tun, on_close=closed, on_release=released, on_bad_frame=bad_frame)
+
     def _orig_dst(self, side: Side, peer) -> tuple[str, int]:
         local = side.transport.get_extra_info("sockname")
         if self.config.original_destination is None:
@@ -314,13 +372,18 @@ class Tunnel:
             sock.close()
             raise
 
-    async def _connect_tunnel(self, req: outbound.Request, rec: ConnRecord,
-                              up: list[Side]) -> Side:
-        loop = asyncio.get_running_loop()
-        ctx = await self.contexts.client(req.source_identity)
+    def _hop(self, req: outbound.Request) -> wire.Address:
         hop = req.next_hop
         if self.config.tunnel_port != outbound.TUNNEL_PORT and hop.port == outbound.TUNNEL_PORT:
             hop = wire.Address(hop.ip, self.config.tunnel_port)
+        return hop
+
+    async def _connect_tunnel(self, req: outbound.Request, rec: ConnRecord,
+                              up: list[Side], *, ctx=None) -> Side:
+        loop = asyncio.get_running_loop()
+        if ctx is None:
+            ctx = await self.contexts.client(req.source_identity)
+        hop = self._hop(req)
         key = (req.source_identity, hop, req.expected_identity)
         session = self.contexts.session(key, ctx) if self.config.resumption else None
         side = Side(tls=TlsConnection(ctx, server_side=False,
@@ -332,6 +395,7 @@ class Tunnel:
             await side.handshake
         peer = side.tls.peer_spiffe_id()
         rec.tls_resumed = side.tls.resumed
+        rec.tunnel_reused = False
         self.telemetry.handshakes.labels("client", str(side.tls.resumed).lower()).inc()
         if peer != req.expected_identity:
             self.contexts.forget(key)
@@ -383,6 +447,9 @@ class Tunnel:
             if down.splice is None and not down.lost:
                 down.transport.resume_reading()
             return
+        if self.config.reuse and req.kind == outbound.TUNNEL:
+            await self._outbound_framed(req, rec, down, up, src)
+            return
         upside = await self._connect_tunnel(req, rec, up)
         upside.send(wire.encode_header(wire.TunnelHeader(req.target,
                                                          wire.Address(src[0], src[1]))))
@@ -413,6 +480,79 @@ class Tunnel:
         if rest:
             upside.buffer.insert(0, rest)
         self._relay(rec, down, upside)
+
+    async def _outbound_framed(self, req: outbound.Request, rec: ConnRecord, down: Side,
+                               up: list[Side], src) -> None:
+        """To a node tunnel over a reused TLS connection when one is idle, else a new one;
+        framed, so the TLS connection can carry the next connection of the pair."""
+        ctx = await self.contexts.client(req.source_identity)
+        key = (req.source_identity, req.expected_identity, self._hop(req), ctx)
+        first = down.take()
+        if len(first) > EARLY_LIMIT:        # the rest waits in the buffer for the reply
+            down.buffer.insert(0, first[EARLY_LIMIT:])
+            down.buffered = len(first) - EARLY_LIMIT
+            first = first[:EARLY_LIMIT]
+        early = wire.encode_header(wire.TunnelHeader(req.target, wire.Address(src[0], src[1]),
+                                                     flags=wire.FLAG_FRAMED))
+        if first:
+            early += wire.frame_data(first)
+        upside = None if self._draining else self.pool.take(key)
+        reused = upside is not None
+        if reused:
+            up.append(upside)
+            rec.tls_resumed = upside.tls.resumed
+            rec.tunnel_reused = True
+        else:
+            upside = await self._connect_tunnel(req, rec, up, ctx=ctx)
+        while True:
+            upside.send(early)
+            got = await self._reply(upside)
+            if got is not None:
+                break
+            if not reused:
+                raise ConnectionResetError("the peer tunnel closed before replying")
+            # the server closed it while idle, before it read our header: once more, anew
+            upside.abort()
+            self.telemetry.reuse_retries.inc()
+            upside = await self._connect_tunnel(req, rec, up, ctx=ctx)
+            reused = False
+        self.telemetry.tunnel_connections.labels("client",
+                                                 "reused" if reused else "new").inc()
+        status, why, rest = got
+        if self.config.resumption and not reused and not upside.tls.resumed:
+            k, c = upside.session_key
+            self.contexts.remember(k, upside.tls.obj.session, c)
+        if status != wire.OK:
+            upside.close()
+            self._refuse("outbound", rec, down,
+                         f"peer_{wire.STATUS_NAMES.get(status, 'unknown')}",
+                         f"destination tunnel refused: {why}")
+            return
+        if rest:
+            upside.buffer.insert(0, rest)
+
+        def release(side: Side) -> None:
+            if side.buffer or self._draining or not self.pool.put(key, side):
+                side.close()        # bytes after the server's FIN, draining, or enough idle
+
+        self._relay_framed(rec, down, upside, tun=upside, on_release=release)
+
+    async def _reply(self, upside: Side) -> tuple[int, str, bytes] | None:
+        """The peer tunnel's reply; None if the connection ended before any byte of it."""
+        reader = wire.ReplyReader()
+        seen = False
+        async with asyncio.timeout(self.config.handshake_timeout + self.config.connect_timeout):
+            while True:
+                await upside.wait_data()
+                if upside.buffer:
+                    seen = True
+                    got = reader.feed(upside.take())
+                    if got is not None:
+                        return got
+                if upside.eof or upside.lost:
+                    if not seen:
+                        return None
+                    raise ConnectionResetError("the peer tunnel closed inside its reply")
 
     async def _inbound_tls(self, down: Side, rec: ConnRecord, up: list[Side]) -> None:
         tls = down.tls
@@ -450,6 +590,24 @@ class Tunnel:
                          f"the client is in trust domain {pid.trust_domain}")
             return
         rec.src_workload = f"{pid.namespace}/unknown"
+        rec.tunnel_reused = False
+        await self._inbound_header(down, rec, up, peer=peer, presented=presented,
+                                   namespace=pid.namespace)
+
+    async def _inbound_again(self, down: Side, rec: ConnRecord, up: list[Side], *,
+                             peer: str, presented: str, namespace: str) -> None:
+        """The next inner connection on a reused TLS connection: the same identities, every
+        decision made afresh."""
+        rec.security_policy = "mutual_tls"
+        rec.tls_resumed = down.tls.resumed
+        rec.tunnel_reused = True
+        rec.src_identity, rec.dst_identity = peer, presented
+        rec.src_workload = f"{namespace}/unknown"
+        await self._inbound_header(down, rec, up, peer=peer, presented=presented,
+                                   namespace=namespace)
+
+    async def _inbound_header(self, down: Side, rec: ConnRecord, up: list[Side], *,
+                              peer: str, presented: str, namespace: str) -> None:
         reader = wire.HeaderReader()
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
@@ -469,6 +627,8 @@ class Tunnel:
                          reset=False)
             return
         header, rest = got
+        self.telemetry.tunnel_connections.labels(
+            "server", "reused" if rec.tunnel_reused else "new").inc()
         down.received = len(rest) + down.buffered        # application bytes only
         rec.src = _fmt((header.source.ip, header.source.port))
         rec.target = rec.dst = _fmt((header.target.ip, header.target.port))
@@ -498,7 +658,32 @@ class Tunnel:
         down.send(wire.encode_reply(wire.OK))
         if rest:
             down.buffer.insert(0, rest)
-        self._relay(rec, down, upside)
+        if not header.framed:
+            self._relay(rec, down, upside)
+            return
+        ids = {"peer": peer, "presented": presented, "namespace": namespace}
+        self._relay_framed(rec, down, upside, tun=down,
+                           on_release=lambda side: self._spawn(self._inbound_next(side, ids)))
+
+    async def _inbound_next(self, down: Side, ids: dict) -> None:
+        """A released server-side tunnel: wait (idle) for the next header, then set it up as
+        a new inbound connection, or close it when it stays idle or the client ends it."""
+        self._idle_tunnels.add(down)
+        try:
+            async with asyncio.timeout(self.config.reuse_server_idle_timeout):
+                await down.wait_data()
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            down.close()
+            raise
+        finally:
+            self._idle_tunnels.discard(down)
+        if not down.buffer or down.eof or down.lost or self._draining:
+            down.close()        # idle too long, ended by the client, or draining: quietly
+            return
+        if self._admit("inbound", down):
+            await self._setup(functools.partial(self._inbound_again, **ids), down, "inbound")
 
     async def _inbound_plain(self, down: Side, rec: ConnRecord, up: list[Side]) -> None:
         src = down.transport.get_extra_info("peername")
@@ -561,6 +746,7 @@ class Tunnel:
                 last_refresh = now     # renewed certificates of the identities served here
                 with contextlib.suppress(Exception):
                     await self.contexts.prepare(self.state.local_identities)
+            self.pool.expired()
             live = {}
             for entry in list(self._open):
                 rec, a, b = entry
@@ -628,6 +814,16 @@ def _load_splicer():
     finally:
         if pin_dir is not None:
             splice.unload(pin_dir)
+
+
+def _idle_usable(side: Side) -> bool:
+    """An idle tunnel connection the peer has not closed, failed, or written to."""
+    return not (side.lost or side.eof or side.buffer or side.error is not None
+                or side.transport is None or side.transport.is_closing())
+
+
+def _close_idle(side: Side) -> None:
+    side.close()
 
 
 class PeerIdentityError(ConnectionError):

@@ -7,6 +7,13 @@ bytes flow from each side to the other in the callbacks, with no task and no cop
 kernel's and TLS's: write-buffer pressure on one side pauses reading on the other; an EOF (TCP
 FIN, or TLS close_notify) is passed on as a half-close; the connection ends when both directions
 have ended or either socket fails, and `on_close` fires exactly once.
+
+Framed tunnel sides (`join_framed`, wire.FLAG_FRAMED): the TLS side's bytes are DATA frames and
+its half-close a FIN frame, so the end of an inner connection is not the end of the TLS
+connection. Once both FINs have passed and nothing failed, the TLS side is *released* — detached
+from the pod's side, ready for the next inner connection (the proxy pools it or reads the next
+header). A TLS close_notify, a TCP FIN or an error on it, a pod's reset, or a bad frame: it is
+closed, never released.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import ssl
 import struct
 from collections.abc import Callable
 
+from node_agent.ztunnel import wire
 from node_agent.ztunnel.tls import TlsConnection
 
 HIGH_WATER = 4 << 20
@@ -26,7 +34,7 @@ BUFFER_LIMIT = 1 << 20        # bytes a side buffers during setup before it stop
 class Side(asyncio.Protocol):
     __slots__ = ("transport", "tls", "peer", "relaying", "buffer", "buffered", "eof", "lost",
                  "received", "activity", "waiter", "handshake", "_on_lost", "error",
-                 "session_key", "splice")
+                 "session_key", "splice", "framing")
 
     def __init__(self, *, tls: TlsConnection | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -45,6 +53,7 @@ class Side(asyncio.Protocol):
         self._on_lost: Callable[[Side], None] | None = None
         self.session_key: tuple | None = None
         self.splice: _SpliceState | None = None   # set on both sides of a spliced pair
+        self.framing: Framing | None = None       # a framed tunnel side, while joined
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport) -> None:
@@ -78,6 +87,13 @@ class Side(asyncio.Protocol):
             if out:
                 self.transport.write(out)
         if chunks:
+            if self.framing is not None and self.relaying:
+                self._framed_in(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                if tls.eof and not self.lost and self.error is None:
+                    if self.framing is not None:
+                        self.framing.broken = True      # close_notify: no reuse
+                    self._got_eof()
+                return
             n = 0
             for c in chunks:
                 n += len(c)
@@ -95,7 +111,40 @@ class Side(asyncio.Protocol):
                     self.transport.pause_reading()
                 self._wake()
         if tls is not None and tls.eof:
+            if self.framing is not None:
+                self.framing.broken = True
             self._got_eof()
+
+    def _framed_in(self, data: bytes) -> None:
+        """Framed bytes from the peer tunnel while relaying: payload to the pod, FIN as its
+        half-close, bytes after FIN kept for the next inner connection once released."""
+        fr = self.framing
+        try:
+            payload, fin, rest = fr.decoder.feed(data)
+        except wire.ProtocolError as exc:
+            fr.broken = True
+            if fr.on_bad_frame is not None:
+                fr.on_bad_frame(exc)
+            self.error = exc
+            self.abort()
+            return
+        if payload:
+            self.received += len(payload)
+            self.peer.send(payload)
+        if fin:
+            fr.fin_in = True
+            self._got_eof()
+            if rest:
+                if self.framing is None and not self.lost:      # released: the next header
+                    self.buffer.append(rest)
+                    self.buffered += len(rest)
+                    self._wake()
+                else:
+                    fr.broken = True
+                    self.error = wire.ProtocolError("bytes after FIN")
+                    if fr.on_bad_frame is not None:
+                        fr.on_bad_frame(self.error)
+                    self.abort()
 
     def _advance_handshake(self, data: bytes) -> bytes | None:
         tls = self.tls
@@ -119,6 +168,8 @@ class Side(asyncio.Protocol):
         return b""
 
     def eof_received(self) -> bool:
+        if self.framing is not None:
+            self.framing.broken = True
         self._got_eof()
         return True
 
@@ -205,11 +256,19 @@ class Side(asyncio.Protocol):
         if self.lost or not data:
             return
         if self.tls is not None:
+            if self.framing is not None:
+                data = wire.frame_data(data)
             data = self.tls.send(data)
         self.transport.write(data)
 
     def send_eof(self) -> None:
         if self.lost:
+            return
+        fr = self.framing
+        if fr is not None:
+            if not fr.fin_out:
+                fr.fin_out = True
+                self.transport.write(self.tls.send(wire.FIN_FRAME))
             return
         if self.tls is not None:
             out = self.tls.close_write()
@@ -219,6 +278,13 @@ class Side(asyncio.Protocol):
             self.transport.write_eof()
 
     def close(self) -> None:
+        fr = self.framing
+        if fr is not None and not self.lost:
+            if (fr.fin_in and fr.fin_out and not fr.broken and self.error is None
+                    and not self.transport.is_closing()):
+                self._release()
+                return
+            fr.broken = True
         if self.transport is not None and not self.lost:
             if self.tls is not None and not self.tls.closed_write:
                 out = self.tls.close_write()
@@ -226,7 +292,26 @@ class Side(asyncio.Protocol):
                     self.transport.write(out)
             self.transport.close()
 
+    def _release(self) -> None:
+        """Both FINs passed: detach from the pod's side, keep the TLS connection open."""
+        fr = self.framing
+        peer = self.peer
+        got = self.received
+        self.framing = None
+        self.peer = None
+        self.relaying = False
+        self.eof = False
+        self.received = 0
+        self._on_lost = None
+        if peer is not None and peer.peer is self:
+            peer.peer = None
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+        fr.on_release(got)
+
     def abort(self, *, reset: bool = False) -> None:
+        if self.framing is not None:
+            self.framing.broken = True
         if self.transport is None or self.lost:
             return
         if self.transport.is_closing() and not reset:
@@ -325,6 +410,79 @@ class _SpliceState:
             self.splicer.forget(*self.cookies)
         except OSError:
             pass
+
+
+class Framing:
+    """The framed state of a joined tunnel side (one inner connection)."""
+
+    __slots__ = ("decoder", "fin_in", "fin_out", "broken", "on_release", "on_bad_frame")
+
+    def __init__(self, *, on_release: Callable[[int], None],
+                 on_bad_frame: Callable[[Exception], None] | None = None) -> None:
+        self.decoder = wire.FrameDecoder()
+        self.fin_in = False         # the peer tunnel's FIN came
+        self.fin_out = False        # ours went
+        self.broken = False         # never reuse
+        self.on_release = on_release
+        self.on_bad_frame = on_bad_frame
+
+
+def join_framed(plain: Side, tun: Side, *, on_close: Callable[[int, int], None],
+                on_release: Callable[[Side], None],
+                on_bad_frame: Callable[[Exception], None] | None = None) -> None:
+    """Relay between a pod's plain side and a framed tunnel side (set up: header and reply
+    done; `tun.buffer` holds framed bytes that came with the reply or the header).
+    `on_close(plain bytes received, tunnel payload bytes received)` fires once, when the pod's
+    side is gone and the tunnel side is gone or released; `on_release(tun)` when the tunnel side
+    is clean and free for the next inner connection (its buffer holds what followed the FIN)."""
+    done = [False, False]           # closed, released
+    tun_count = [0]
+
+    def finished(_side=None) -> None:
+        if done[0] or not plain.lost or not (tun.lost or done[1]):
+            return
+        done[0] = True
+        on_close(plain.received, tun_count[0] if done[1] else tun.received)
+
+    def released(got: int) -> None:
+        done[1] = True
+        tun_count[0] = got
+        finished()
+        on_release(tun)
+
+    raw = tun.take()
+    tun.received = 0
+    tun.framing = Framing(on_release=released, on_bad_frame=on_bad_frame)
+    plain.peer, tun.peer = tun, plain
+    plain._on_lost = tun._on_lost = finished
+    plain.relaying = tun.relaying = True
+    if plain.buffer:
+        tun.send(plain.take())
+    for side in (plain, tun):
+        if side.transport is not None and not side.lost:
+            side.transport.resume_reading()
+    if plain.lost:
+        if plain.error is not None:
+            tun.abort()
+        else:
+            tun.close()
+    elif tun.lost:
+        if tun.error is not None:
+            plain.abort()
+        else:
+            plain.close()
+    else:
+        early_eof = tun.eof             # close_notify or TCP FIN during the setup: no reuse
+        tun.eof = False
+        if plain.eof:
+            tun.send_eof()
+        if raw:
+            tun._framed_in(raw)
+        if early_eof and not tun.lost and tun.error is None:
+            if tun.framing is not None:
+                tun.framing.broken = True
+            tun._got_eof()
+    finished()
 
 
 def join(a: Side, b: Side, *, on_close: Callable[[], None], splicer=None) -> None:

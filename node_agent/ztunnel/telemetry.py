@@ -63,6 +63,7 @@ class ConnRecord:
     reason: str = ""
     security_policy: str = "none"
     tls_resumed: bool | None = None
+    tunnel_reused: bool | None = None   # carried over a TLS connection of an earlier one
     start: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.monotonic)
     t_end: float = 0.0                  # monotonic time it ended (the log may be written later)
@@ -117,6 +118,15 @@ class Telemetry:
         self.handshakes = Counter("lacewing_tunnel_tls_handshakes",
                                   "Completed tunnel TLS handshakes", ("side", "resumed"),
                                   registry=r)
+        self.tunnel_connections = Counter(
+            "lacewing_tunnel_inner_connections",
+            "Connections carried between node tunnels, by side and whether their TLS "
+            "connection was new or reused from an earlier connection", ("side", "tunnel"),
+            registry=r)
+        self.reuse_retries = Counter(
+            "lacewing_tunnel_reuse_retries",
+            "Connections retried on a new TLS connection because the reused one ended "
+            "before the reply (the peer closed it while idle)", registry=r)
         self.active = Gauge("lacewing_tunnel_active_connections", "Connections being served",
                             ("listener",), registry=r)
         self.kernel_counts = Gauge("lacewing_tunnel_kernel_byte_counts",
@@ -286,7 +296,8 @@ class Telemetry:
                 "dst_identity": rec.dst_identity, "src_workload": rec.src_workload,
                 "dst_workload": rec.dst_workload, "service": rec.service,
                 "connection_security_policy": rec.security_policy,
-                "tls_resumed": rec.tls_resumed, "bytes_sent": rec.sent,
+                "tls_resumed": rec.tls_resumed, "tunnel_reused": rec.tunnel_reused,
+                "bytes_sent": rec.sent,
                 "bytes_received": rec.received, "bytes_source": rec.bytes_source,
                 "duration_ms": round(((rec.t_end or time.monotonic()) - rec.t0) * 1000, 3),
             }

@@ -7,11 +7,21 @@ with `HeaderReader`, decides, and answers with `encode_reply(status)` before any
 destination's. Everything after the header and the reply is the connection's bytes, both ways;
 a TLS close_notify is a half-close (the peer shuts down its write side to the application).
 
+Framed mode (`FLAG_FRAMED` in the header, sent only toward node tunnels, which reuse their TLS
+connections): after the header and after the reply, each direction is a sequence of frames —
+DATA (payload of 1..MAX_FRAME bytes) and one FIN (the writer's half-close). `frame_data` and
+`FIN_FRAME` encode; `FrameDecoder` decodes. Once both FINs have passed the TLS connection is
+clean: the server reads the next header from it, the client keeps it idle for the next
+connection of the same identity pair (proxy.py, pool.py).
+
 Header (big-endian):
-    magic  b"LWT1"   version u8 = 1   flags u8 (0)   length u16 = bytes that follow
+    magic  b"LWT1"   version u8 = 1   flags u8   length u16 = bytes that follow
+    (flags: bit 0 FLAG_FRAMED; other bits ignored)
     target: family u8 (4|6), address (4|16), port u16      the workload address to connect to
     source: family u8 (4|6), address (4|16), port u16      the original client address
 Reply: b"LW" status u8 reason-length u8 reason (UTF-8, ≤ 255 bytes).
+Frame (framed mode only): type u8 (0 DATA, 1 FIN)   length u32   payload (DATA: 1..MAX_FRAME;
+    FIN: none)
 """
 
 from __future__ import annotations
@@ -33,6 +43,15 @@ UPSTREAM_FAILED = 3    # the workload refused or did not answer
 BAD_REQUEST = 4        # unparsable header
 STATUS_NAMES = {OK: "ok", DENIED: "denied", UNKNOWN_TARGET: "unknown_target",
                 UPSTREAM_FAILED: "upstream_failed", BAD_REQUEST: "bad_request"}
+
+
+FLAG_FRAMED = 1
+FRAME_DATA = 0
+FRAME_FIN = 1
+MAX_FRAME = 256 << 10
+_FRAME = struct.Struct("!BI")
+FRAME_HEAD = _FRAME.size
+FIN_FRAME = _FRAME.pack(FRAME_FIN, 0)
 
 
 class ProtocolError(ValueError):
@@ -70,18 +89,23 @@ class Address:
 class TunnelHeader:
     target: Address
     source: Address
+    flags: int = 0
+
+    @property
+    def framed(self) -> bool:
+        return bool(self.flags & FLAG_FRAMED)
 
 
 def encode_header(header: TunnelHeader) -> bytes:
     body = header.target.encode() + header.source.encode()
-    return MAGIC + struct.pack("!BBH", VERSION, 0, len(body)) + body
+    return MAGIC + struct.pack("!BBH", VERSION, header.flags & 0xFF, len(body)) + body
 
 
 def decode_header(buf: bytes) -> TunnelHeader:
     """One complete header (exactly) -> TunnelHeader, or ProtocolError."""
     if len(buf) < 8 or buf[:4] != MAGIC:
         raise ProtocolError("not a Lacewing tunnel header")
-    version, _flags, length = struct.unpack_from("!BBH", buf, 4)
+    version, flags, length = struct.unpack_from("!BBH", buf, 4)
     if version != VERSION:
         raise ProtocolError(f"unsupported tunnel version {version}")
     if 8 + length != len(buf):
@@ -89,7 +113,7 @@ def decode_header(buf: bytes) -> TunnelHeader:
     target, pos = Address.decode(buf, 8)
     source, pos = Address.decode(buf, pos)
     # bytes after the two addresses are extensions this version does not define: ignored
-    return TunnelHeader(target, source)
+    return TunnelHeader(target, source, flags)
 
 
 class HeaderReader:
@@ -140,6 +164,75 @@ class ReplyReader:
             return None
         reason = buf[4:4 + length].decode("utf-8", "replace")
         return status, reason, buf[4 + length:]
+
+
+def frame_data(data: bytes) -> bytes:
+    """Application bytes as DATA frames (one per MAX_FRAME bytes)."""
+    n = len(data)
+    if n <= MAX_FRAME:
+        return _FRAME.pack(FRAME_DATA, n) + data
+    parts = []
+    for pos in range(0, n, MAX_FRAME):
+        chunk = data[pos:pos + MAX_FRAME]
+        parts.append(_FRAME.pack(FRAME_DATA, len(chunk)))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class FrameDecoder:
+    """One direction of a framed inner connection. `feed(bytes)` returns (payload, fin, rest):
+    the application bytes decoded so far, whether the FIN frame came, and the bytes after it
+    (the next inner connection's header, on a server). Raises ProtocolError on an unknown
+    frame type, an empty or oversized DATA frame, a FIN with a length, or bytes after FIN."""
+
+    __slots__ = ("_remaining", "_head", "fin")
+
+    def __init__(self) -> None:
+        self._remaining = 0         # payload bytes left in the current DATA frame
+        self._head = b""            # a frame header split across reads
+        self.fin = False
+
+    def feed(self, data: bytes) -> tuple[bytes, bool, bytes]:
+        if self.fin:
+            if data:
+                raise ProtocolError("bytes after FIN")
+            return b"", True, b""
+        if self._head:
+            data = self._head + data
+            self._head = b""
+        rem = self._remaining
+        n = len(data)
+        if rem >= n:                # the common case: inside one DATA frame
+            self._remaining = rem - n
+            return data, False, b""
+        out = []
+        pos = 0
+        while pos < n:
+            if rem:
+                take = min(rem, n - pos)
+                out.append(data[pos:pos + take])
+                pos += take
+                rem -= take
+                continue
+            if n - pos < FRAME_HEAD:
+                self._head = data[pos:]
+                break
+            kind, length = _FRAME.unpack_from(data, pos)
+            pos += FRAME_HEAD
+            if kind == FRAME_DATA:
+                if not 0 < length <= MAX_FRAME:
+                    raise ProtocolError(f"DATA frame of {length} bytes (1..{MAX_FRAME})")
+                rem = length
+            elif kind == FRAME_FIN:
+                if length:
+                    raise ProtocolError("FIN frame with a length")
+                self.fin = True
+                self._remaining = 0
+                return b"".join(out), True, data[pos:]
+            else:
+                raise ProtocolError(f"unknown frame type {kind}")
+        self._remaining = rem
+        return b"".join(out), False, b""
 
 
 def sni_for(identity: str) -> str:
