@@ -36,6 +36,10 @@ class IdlePool(Generic[C]):
     def __len__(self) -> int:
         return sum(len(v) for v in self._idle.values())
 
+    def idle(self) -> list[C]:
+        """Every connection kept now (most recent of each key last)."""
+        return [conn for stack in self._idle.values() for _since, conn in stack]
+
     def put(self, key: Hashable, conn: C) -> bool:
         """Keep `conn` idle under `key`; False (not kept) when the key already holds the max."""
         stack = self._idle.setdefault(key, [])

@@ -500,6 +500,7 @@ class Tunnel:
         reused = upside is not None
         if reused:
             up.append(upside)
+            upside.transport.resume_reading()
             rec.tls_resumed = upside.tls.resumed
             rec.tunnel_reused = True
         else:

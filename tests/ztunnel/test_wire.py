@@ -86,3 +86,69 @@ def test_fuzz_reply_parser(data):
         wire.ReplyReader().feed(data)
     except wire.ProtocolError:
         pass
+
+
+# ---------------------------------------------------------------- framed mode (tunnel reuse)
+
+def test_the_framed_flag_round_trips_and_plain_headers_stay_unframed():
+    framed = wire.TunnelHeader(H.target, H.source, flags=wire.FLAG_FRAMED)
+    header, rest = wire.HeaderReader().feed(wire.encode_header(framed))
+    assert header.framed and rest == b""
+    assert not wire.HeaderReader().feed(wire.encode_header(H))[0].framed
+
+
+def test_frames_decode_across_any_split_and_leave_the_next_header():
+    payload = bytes(range(256)) * 2000                    # 512000 bytes: two DATA frames
+    raw = wire.frame_data(payload) + wire.frame_data(b"tail") + wire.FIN_FRAME + b"LWT1next"
+    for cut in (1, 3, 5, 6, 4096, 262144 + 5, 262144 + 7, len(raw) - 9):
+        d = wire.FrameDecoder()
+        a = d.feed(raw[:cut])
+        b = d.feed(raw[cut:])
+        assert a[0] + b[0] == payload + b"tail"
+        assert b[1] and b[2] == b"LWT1next" and not a[1]
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"\x07\x00\x00\x00\x01x", "unknown frame type"),
+    (b"\x00\x00\x00\x00\x00", "DATA frame of 0"),
+    (b"\x00\x00\x04\x00\x01", "DATA frame of"),
+    (b"\x01\x00\x00\x00\x01", "FIN frame with a length"),
+])
+def test_bad_frames_are_protocol_errors(raw, message):
+    with pytest.raises(wire.ProtocolError, match=message):
+        wire.FrameDecoder().feed(raw)
+
+
+def test_bytes_after_fin_are_refused_once_fin_was_seen():
+    d = wire.FrameDecoder()
+    assert d.feed(wire.FIN_FRAME) == (b"", True, b"")
+    with pytest.raises(wire.ProtocolError, match="after FIN"):
+        d.feed(b"x")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=3000), max_size=6),
+       st.lists(st.integers(min_value=1, max_value=4000), min_size=1, max_size=8))
+def test_frame_decoding_is_exact_for_any_chunking(payloads, cuts):
+    raw = b"".join(wire.frame_data(p) for p in payloads) + wire.FIN_FRAME
+    d = wire.FrameDecoder()
+    got, fin, pos, i = [], False, 0, 0
+    while pos < len(raw):
+        step = cuts[i % len(cuts)]
+        data, fin, rest = d.feed(raw[pos:pos + step])
+        got.append(data)
+        assert rest == b""
+        pos += step
+        i += 1
+    assert fin and b"".join(got) == b"".join(payloads)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_frame_decoder_fuzz_never_crashes(raw):
+    d = wire.FrameDecoder()
+    try:
+        data, fin, rest = d.feed(raw)
+    except wire.ProtocolError:
+        return
+    assert len(data) + len(rest) <= len(raw)
