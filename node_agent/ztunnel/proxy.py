@@ -83,6 +83,9 @@ class TunnelConfig:
     reuse_max_idle: int = 32                # idle connections kept per key (client)
     reuse_idle_timeout: float = 20.0        # client: an idle connection older is not reused
     reuse_server_idle_timeout: float = 30.0  # server: no next header that long closes it
+    # a TLS connection carries no new inner connection once this old (both sides), so that
+    # connections follow certificate renewals and trust-bundle changes without waiting for them
+    reuse_max_lifetime: float = 900.0
     # Same-node connections: let the kernel forward the bytes (node_agent/ztunnel/splice.py)
     # instead of copying them through this process. Needs BCC for a short-lived loader.
     splice: bool = False
@@ -117,8 +120,11 @@ class Tunnel:
         self.pool: IdlePool[Side] = IdlePool(
             max_idle_per_key=self.config.reuse_max_idle,
             idle_timeout=self.config.reuse_idle_timeout,
-            usable=_idle_usable, discard=_close_idle)
+            usable=self._reusable, discard=_close_idle)
         self._idle_tunnels: set[Side] = set()     # server: waiting for the next header
+        idle = self.telemetry.idle_tunnels
+        idle.labels("client").set_function(lambda: len(self.pool))
+        idle.labels("server").set_function(lambda: len(self._idle_tunnels))
 
     # ------------------------------------------------------------------ lifecycle
     async def update(self, snapshot: NodeSnapshot) -> None:
@@ -190,6 +196,10 @@ class Tunnel:
             a.abort()
             b.abort()
         await self.close()
+
+    def _reusable(self, side: Side) -> bool:
+        return (_idle_usable(side) and asyncio.get_running_loop().time() - side.born
+                < self.config.reuse_max_lifetime)
 
     def _close_idle_tunnels(self) -> None:
         self.pool.clear()
@@ -533,7 +543,7 @@ class Tunnel:
             upside.buffer.insert(0, rest)
 
         def release(side: Side) -> None:
-            if side.buffer or self._draining or not self.pool.put(key, side):
+            if not self._reusable(side) or self._draining or not self.pool.put(key, side):
                 side.close()        # bytes after the server's FIN, draining, or enough idle
 
         self._relay_framed(rec, down, upside, tun=upside, on_release=release)
@@ -669,6 +679,9 @@ class Tunnel:
     async def _inbound_next(self, down: Side, ids: dict) -> None:
         """A released server-side tunnel: wait (idle) for the next header, then set it up as
         a new inbound connection, or close it when it stays idle or the client ends it."""
+        if asyncio.get_running_loop().time() - down.born >= self.config.reuse_max_lifetime:
+            down.close()        # old enough: the client will not pick it either
+            return
         self._idle_tunnels.add(down)
         try:
             async with asyncio.timeout(self.config.reuse_server_idle_timeout):

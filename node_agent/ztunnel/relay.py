@@ -34,7 +34,7 @@ BUFFER_LIMIT = 1 << 20        # bytes a side buffers during setup before it stop
 class Side(asyncio.Protocol):
     __slots__ = ("transport", "tls", "peer", "relaying", "buffer", "buffered", "eof", "lost",
                  "received", "activity", "waiter", "handshake", "_on_lost", "error",
-                 "session_key", "splice", "framing")
+                 "session_key", "splice", "framing", "born")
 
     def __init__(self, *, tls: TlsConnection | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -54,6 +54,7 @@ class Side(asyncio.Protocol):
         self.session_key: tuple | None = None
         self.splice: _SpliceState | None = None   # set on both sides of a spliced pair
         self.framing: Framing | None = None       # a framed tunnel side, while joined
+        self.born = 0.0                 # loop time its TLS handshake finished (reuse age)
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport) -> None:
@@ -165,6 +166,7 @@ class Side(asyncio.Protocol):
             return None
         if not self.handshake.done():
             self.handshake.set_result(True)
+        self.born = asyncio.get_running_loop().time()
         return b""
 
     def eof_received(self) -> bool:

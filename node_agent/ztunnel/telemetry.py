@@ -123,6 +123,10 @@ class Telemetry:
             "Connections carried between node tunnels, by side and whether their TLS "
             "connection was new or reused from an earlier connection", ("side", "tunnel"),
             registry=r)
+        self.idle_tunnels = Gauge(
+            "lacewing_tunnel_idle_tunnel_connections",
+            "TLS connections between node tunnels kept open for the next connection (client: "
+            "the pool; server: waiting for the next header)", ("side",), registry=r)
         self.reuse_retries = Counter(
             "lacewing_tunnel_reuse_retries",
             "Connections retried on a new TLS connection because the reused one ended "

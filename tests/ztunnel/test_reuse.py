@@ -100,6 +100,25 @@ def test_sequential_connections_of_one_pair_share_one_tls_connection(tmp_path):
             assert mesh.metric("node0", "istio_tcp_received_bytes_total",
                                reporter="source") == sum(len(f"request {i}") for i in range(5))
             assert len(mesh.tunnels["node0"].pool) == 1
+            assert mesh.metric("node0", "lacewing_tunnel_idle_tunnel_connections",
+                               side="client") == 1
+            await eventually(lambda: mesh.metric(
+                "node1", "lacewing_tunnel_idle_tunnel_connections", side="server") == 1)
+    asyncio.run(go())
+
+
+def test_connections_past_their_max_lifetime_are_not_reused(tmp_path):
+    async def go():
+        async with running_mesh(tmp_path, placements=PLACEMENTS, reuse=True,
+                                reuse_max_lifetime=0.0) as mesh:
+            await mesh.pod(SRV.ip, greet=False)
+            await mesh.apply(snap())
+            for i in range(3):
+                assert await call(mesh) == b"ping<eof>"
+                await settled(mesh, i + 1)
+            assert handshakes(mesh) == 3
+            assert [e["tunnel_reused"] for e in mesh.access("node0")] == [False] * 3
+            assert mesh.metric("node0", "lacewing_tunnel_reuse_retries_total") == 0
     asyncio.run(go())
 
 
