@@ -105,6 +105,7 @@ class RequestReader:
         self._head_done = False
         self._stream: Body | None = None
         self._trailers: list[tuple[str, str]] | None = None
+        self._authority = ""
 
     # httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -131,18 +132,28 @@ class RequestReader:
         self._in_head = False
         self._head_done = True
         self._head_raw = 0
-        hosts = [v for n, v in self._headers if n == "host"]
-        if len(hosts) > 1:
+        hosts = tes = 0
+        te = authority = ""
+        expect = False
+        for n, v in self._headers:      # one pass over the head for all the checks below
+            if n == "host":
+                hosts += 1
+                if hosts == 1:
+                    authority = v
+            elif n == "transfer-encoding":
+                tes += 1
+                te = v
+            elif n == "expect" and v.strip().lower() == "100-continue":
+                expect = True
+        if hosts > 1:
             raise ProtocolError(400, "duplicate_host")
-        te = [v for n, v in self._headers if n == "transfer-encoding"]
-        if te and (len(te) > 1 or te[0].strip().lower() != "chunked"):
-            raise ProtocolError(501, "unsupported_transfer_encoding", te[-1])
-        version = self._parser.get_http_version()
-        if version == "1.1" and not hosts:
+        if tes and (tes > 1 or te.strip().lower() != "chunked"):
+            raise ProtocolError(501, "unsupported_transfer_encoding", te)
+        if not hosts and self._parser.get_http_version() == "1.1":
             raise ProtocolError(400, "missing_host")
-        for n, v in self._headers:
-            if n == "expect" and v.strip().lower() == "100-continue":
-                self.expect_continue = True  # the proxy answers 100 at once (and drops Expect)
+        self._authority = authority
+        if expect:
+            self.expect_continue = True  # the proxy answers 100 at once (and drops Expect)
 
     def on_body(self, data: bytes) -> None:
         self._body_len += len(data)
@@ -160,40 +171,24 @@ class RequestReader:
             self._stream = None
         else:                        # the whole request arrived together (the common case)
             p = self._parser
-            headers = self._headers
-            authority = ""
-            for n, v in headers:
-                if n == "host":
-                    authority = v
-                    break
+            body = self._body
             self._ready.append(Request(
-                method=p.get_method().decode("ascii"),
-                target=self._url.decode("latin-1"),
-                headers=headers,
-                body=b"".join(self._body) if self._body else b"",
-                keep_alive=p.should_keep_alive(),
-                version=p.get_http_version(),
-                authority=authority,
-            ))
+                p.get_method().decode("ascii"), self._url.decode("latin-1"), self._headers,
+                (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
+                p.should_keep_alive(), p.get_http_version(), self._authority))
         self._head_done = False
         self._head_raw = 0
 
     def _request(self, body: bytes, stream: Body | None) -> Request:
         p = self._parser
-        headers = self._headers
-        authority = ""
-        for n, v in headers:
-            if n == "host":
-                authority = v
-                break
         return Request(
             method=p.get_method().decode("ascii"),
             target=self._url.decode("latin-1"),
-            headers=headers,
+            headers=self._headers,
             body=body,
             keep_alive=p.should_keep_alive(),
             version=p.get_http_version(),
-            authority=authority,
+            authority=self._authority,
             stream=stream,
         )
 
@@ -373,25 +368,18 @@ class ResponseReader:
         return Response(self.status, self.headers, b"".join(self._body), self.keep_alive)
 
 
-def _head(first_line: str, headers: list[tuple[str, str]]) -> bytearray:
-    out = bytearray(first_line.encode("latin-1"))
-    for n, v in headers:
-        out += f"{n}: {v}\r\n".encode("latin-1")
-    out += b"\r\n"
-    return out
+def _fields(headers: list[tuple[str, str]]) -> str:
+    """`name: value\r\n` for each header, as one string (encoded once by the caller)."""
+    return "".join([f"{n}: {v}\r\n" for n, v in headers])
 
 
 def serialize_request(method: str, target: str, authority: str,
                       headers: list[tuple[str, str]], body: bytes) -> bytes:
-    out = bytearray(f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n".encode("latin-1"))
-    for n, v in headers:
-        out += f"{n}: {v}\r\n".encode("latin-1")
-    if body or method in ("POST", "PUT", "PATCH"):
-        out += b"content-length: %d\r\n" % len(body)
-    out += b"\r\n"
-    if body:
-        out += body
-    return bytes(out)
+    length = f"content-length: {len(body)}\r\n" if body or method in (
+        "POST", "PUT", "PATCH") else ""
+    head = (f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n{_fields(headers)}"
+            f"{length}\r\n").encode("latin-1")
+    return head + body if body else head
 
 
 def serialize_request_head(method: str, target: str, authority: str,
@@ -442,18 +430,13 @@ def last_chunk(trailers: list[tuple[str, str]] | None = None) -> bytes:
 def serialize_response(status: int, headers: list[tuple[str, str]], body: bytes, *,
                        keep_alive: bool, head: bool = False) -> bytes:
     reason = REASONS.get(status, "")
-    out = bytearray(f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1"))
-    for n, v in headers:
-        out += f"{n}: {v}\r\n".encode("latin-1")
-    if status >= 200 and status not in (204, 304) and not (
-            head and any(n == "content-length" for n, _ in headers)):
-        out += b"content-length: %d\r\n" % len(body)   # (HEAD: the upstream's, kept)
-    if not keep_alive:
-        out += b"connection: close\r\n"
-    out += b"\r\n"
-    if body and not head:
-        out += body
-    return bytes(out)
+    length = f"content-length: {len(body)}\r\n" if status >= 200 and status not in (
+        204, 304) and not (head and any(n == "content-length" for n, _ in headers)) else ""
+    # (HEAD: the upstream's content-length, kept)
+    close = "" if keep_alive else "connection: close\r\n"
+    out = f"HTTP/1.1 {status} {reason}\r\n{_fields(headers)}{length}{close}\r\n".encode(
+        "latin-1")
+    return out + body if body and not head else out
 
 
 def error_response(status: int, body: bytes = b"", *, extra: list[tuple[str, str]] | None = None

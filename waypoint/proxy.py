@@ -617,6 +617,16 @@ class ClusterState:
             del self.outlier.events[:-100]
 
     # --- connections --------------------------------------------------------------------
+    def idle_connection(self, host: Host) -> UpstreamConn | None:
+        """A pooled keep-alive connection to `host` that is still open, if there is one
+        (no coroutine: the common case of `acquire`)."""
+        idle = self.idle.get(host.address)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
+                return conn
+        return None
+
     async def acquire(self, host: Host) -> UpstreamConn:
         loop = asyncio.get_running_loop()
         counters = self.counters
@@ -850,6 +860,19 @@ def _request_id() -> str:
     return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{'89ab'[_bits(2)]}{x[17:20]}-{x[20:]}"
 
 
+def _route_inputs(routes) -> tuple[tuple[str, ...], bool]:
+    """What route matching reads besides method and path: the header names, and whether
+    any match looks at query parameters."""
+    names: dict[str, None] = {}
+    by_query = False
+    for route in routes:
+        for m in route.match:
+            for name in m.headers:
+                names[name.lower()] = None
+            by_query = by_query or bool(m.query_params)
+    return tuple(names), by_query
+
+
 _REASON_BODY = {
     "NR": b"route not found", "UH": b"no healthy upstream", "UO": b"upstream overflow",
     "UF": b"upstream connect error or disconnect/reset before headers. reset reason: "
@@ -906,6 +929,8 @@ class Waypoint:
         self.config = WaypointConfig.compile(snapshot, default_service=self.default_service)
         self._ports: dict[tuple[str, str], int] = {}
         self._labels: dict[tuple, tuple[str, ...]] = {}
+        self._decisions: dict[tuple, tuple] = {}
+        self._route_inputs: dict[str, tuple[tuple[str, ...], bool]] = {}
         self._sources: dict[str, tuple[str, str, str, str]] = {}
         for wl in snapshot.workloads.values():
             self._sources.setdefault(
@@ -968,9 +993,11 @@ class Waypoint:
     # -------------------------------------------------------------------------------------
     async def handle(self, rq: Incoming) -> Outgoing:
         start = self.clock()
-        headers = {}
-        for n, v in rq.headers:
-            headers[n] = f"{headers[n]}, {v}" if n in headers else v
+        headers = dict(rq.headers)
+        if len(headers) != len(rq.headers):   # a repeated field: its values, comma-joined
+            headers = {}
+            for n, v in rq.headers:
+                headers[n] = f"{headers[n]}, {v}" if n in headers else v
         span = self.tracing.start(f"{rq.method} {rq.authority}", headers)
         svc: Service | None = None
         host: Host | None = None
@@ -1089,7 +1116,6 @@ class Waypoint:
             if not verdict.allowed:
                 self.metrics.ratelimited.labels(key[0]).inc()
                 return svc, None, self._local(policy.spec.status, "RL", rl_headers)
-        view = RequestView(rq.method, rq.authority, target.path, target.query, headers)
         routes = cfg.routes.get(uid)
         namespace = svc.namespace
         if routes is None:
@@ -1097,28 +1123,46 @@ class Waypoint:
             path, authority = target.path, rq.authority
             req_ops = resp_ops = ()
             timeout_s, policy, mirror, fault = None, retry.ISTIO_DEFAULT, None, None
+            cluster = cfg.cluster(dest_svc, dest_port, subset)
         else:
-            selected = select_route(routes, view)
-            if selected is None:
-                return svc, None, self._local(404, "NR")
-            route, match = selected
-            p = make_plan(route, match, view, self.rng)
-            namespace = cfg.route_owner[uid].namespace
-            dest_svc = cfg.service_by_fqdn(p.destination.host, namespace)
-            if dest_svc is None:
-                return svc, None, self._local(503, "UH", body=b"no such destination service")
-            dest_port = p.destination.port.number if p.destination.port else (
-                port if any(sp.port == port for sp in dest_svc.ports)
-                else (dest_svc.ports[0].port if dest_svc.ports else port))
-            subset = p.destination.subset or ""
-            path, authority = p.path, p.authority or rq.authority
-            req_ops, resp_ops = p.request_ops, p.response_ops
-            timeout_s, policy, mirror, fault = p.timeout_s, p.retry, p.mirror, p.fault
+            # A route decision that draws no random number (one destination, no fault, no
+            # mirror) depends only on what the matches read: it is cached per those inputs.
+            inputs = self._route_inputs.get(uid)
+            if inputs is None:
+                inputs = self._route_inputs[uid] = _route_inputs(routes)
+            names, by_query = inputs
+            rkey = (uid, port, rq.method, target.path, target.query if by_query else None,
+                    *[headers.get(n) for n in names])
+            decided = self._decisions.get(rkey)
+            if decided is None:
+                view = RequestView(rq.method, rq.authority, target.path, target.query, headers)
+                selected = select_route(routes, view)
+                if selected is None:
+                    return svc, None, self._local(404, "NR")
+                route, match = selected
+                p = make_plan(route, match, view, self.rng)
+                namespace = cfg.route_owner[uid].namespace
+                dest_svc = cfg.service_by_fqdn(p.destination.host, namespace)
+                if dest_svc is None:
+                    return svc, None, self._local(503, "UH", body=b"no such destination service")
+                dest_port = p.destination.port.number if p.destination.port else (
+                    port if any(sp.port == port for sp in dest_svc.ports)
+                    else (dest_svc.ports[0].port if dest_svc.ports else port))
+                subset = p.destination.subset or ""
+                decided = (namespace, dest_svc, dest_port, subset, p.path, p.authority,
+                           p.request_ops, p.response_ops, p.timeout_s, p.retry, p.mirror,
+                           p.fault, cfg.cluster(dest_svc, dest_port, subset))
+                if len(route.route) == 1 and route.fault is None and route.mirror is None:
+                    if len(self._decisions) >= 10000:
+                        self._decisions.clear()
+                    self._decisions[rkey] = decided
+            (namespace, dest_svc, dest_port, subset, path, authority, req_ops, resp_ops,
+             timeout_s, policy, mirror, fault, cluster) = decided
+            authority = authority or rq.authority
             if fault.delay_s:
                 await asyncio.sleep(fault.delay_s)
             if fault.abort_status is not None:
                 return svc, None, self._local(fault.abort_status, "FI")
-        cluster = cfg.cluster(dest_svc, dest_port, subset)
         if cluster is None or not cluster.hosts:
             return svc, None, self._local(503, "UH")
         state = self.state_for(cluster)
@@ -1295,7 +1339,9 @@ class Waypoint:
                         in_flight[address] -= 1
             raise UpstreamFailure(retry.RESET, "HTTP/2 connections kept failing")
         for _ in range(2):
-            conn = await state.acquire(host)
+            conn = state.idle_connection(host)
+            if conn is None:
+                conn = await state.acquire(host)
             in_flight[address] = in_flight.get(address, 0) + 1
             try:
                 resp = await conn.exchange(payload, head_only=head_only, body=stream)
