@@ -679,8 +679,9 @@ class Tunnel:
     async def _inbound_next(self, down: Side, ids: dict) -> None:
         """A released server-side tunnel: wait (idle) for the next header, then set it up as
         a new inbound connection, or close it when it stays idle or the client ends it."""
-        if asyncio.get_running_loop().time() - down.born >= self.config.reuse_max_lifetime:
-            down.close()        # old enough: the client will not pick it either
+        if (self._draining or asyncio.get_running_loop().time() - down.born
+                >= self.config.reuse_max_lifetime):
+            down.close()        # draining, or old enough (the client will not pick it either)
             return
         self._idle_tunnels.add(down)
         try:

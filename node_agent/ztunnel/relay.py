@@ -28,6 +28,7 @@ from node_agent.ztunnel import wire
 from node_agent.ztunnel.tls import TlsConnection
 
 HIGH_WATER = 4 << 20
+_COPY_BELOW = 16 << 10        # framed sends: smaller payloads are copied behind their header
 BUFFER_LIMIT = 1 << 20        # bytes a side buffers during setup before it stops reading
 
 
@@ -259,7 +260,16 @@ class Side(asyncio.Protocol):
             return
         if self.tls is not None:
             if self.framing is not None:
-                data = wire.frame_data(data)
+                if len(data) < _COPY_BELOW:
+                    data = wire.frame_data(data)
+                else:       # the frame header as its own TLS write: no copy of a big payload
+                    obj, n = self.tls.obj, len(data)
+                    for pos in range(0, n, wire.MAX_FRAME):
+                        chunk = data if n <= wire.MAX_FRAME else data[pos:pos + wire.MAX_FRAME]
+                        obj.write(wire.frame_head(len(chunk)))
+                        obj.write(chunk)
+                    self.transport.write(self.tls.outgoing())
+                    return
             data = self.tls.send(data)
         self.transport.write(data)
 

@@ -166,6 +166,11 @@ class ReplyReader:
         return status, reason, buf[4 + length:]
 
 
+def frame_head(length: int) -> bytes:
+    """The header of a DATA frame of `length` (1..MAX_FRAME) bytes."""
+    return _FRAME.pack(FRAME_DATA, length)
+
+
 def frame_data(data: bytes) -> bytes:
     """Application bytes as DATA frames (one per MAX_FRAME bytes)."""
     n = len(data)
