@@ -128,6 +128,12 @@ def test_mesh_on_a_local_cluster(make_cluster, tmp_path):
         kinds = {(e["kind"], e["decision"]) for e in out}
         assert ("tunnel", "allow") in kinds and ("same_node", "allow") in kinds
         assert ("tunnel", "deny") in kinds          # the intruder, refused by node1
+        # tunnel reuse (on by default): the client's later calls to node1 rode a TLS
+        # connection an earlier call had opened
+        assert any(e["tunnel_reused"] for e in out if e["kind"] == "tunnel"
+                   and e["decision"] == "allow")
+        assert re.search(r'lacewing_tunnel_inner_connections_total\{side="client",'
+                         r'tunnel="reused"\} [1-9]', mesh.metrics("node0"))
         inb = mesh.access_log("node1")
         allowed = [e for e in inb if e["decision"] == "allow" and e["listener"] == "inbound"]
         assert allowed and allowed[0]["src_identity"] == "spiffe://cluster.local/ns/mesh/sa/client"
