@@ -88,10 +88,10 @@ def wait_port(port: int, proc: subprocess.Popen, log: Path, what: str) -> None:
                        f"{log.read_text()[-1500:] if log.exists() else ''}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def stop(proc: subprocess.Popen | None) -> None:
@@ -163,12 +163,14 @@ def measure(v: Variant, work: Path, upstream: int, args) -> dict:
     proc, port = start_proxy(v, work, upstream)
     try:
         wrk(port, duration=1, connections=args.connections, threads=args.threads)  # warm up
-        before = cpu_seconds(proc.pid)
+        user0, sys0 = cpu_times(proc.pid)
         t0 = time.monotonic()
         out = wrk(port, duration=args.duration, connections=args.connections,
                   threads=args.threads)
         wall = time.monotonic() - t0
-        cpu = cpu_seconds(proc.pid) - before
+        user1, sys1 = cpu_times(proc.pid)
+        user, kernel = user1 - user0, sys1 - sys0
+        cpu = user + kernel
         if proc.poll() is not None:
             raise RuntimeError(f"{v.name} exited during the load")
     finally:
@@ -178,6 +180,8 @@ def measure(v: Variant, work: Path, upstream: int, args) -> dict:
         raise RuntimeError(f"{v.name}: wrk completed no request:\n{out}")
     return {"requests": r.requests, "errors": r.errors, "requests_per_s": r.requests_per_s,
             "cpu_s": cpu, "wall_s": wall, "cpu_us_per_request": cpu / r.requests * 1e6,
+            "user_us_per_request": user / r.requests * 1e6,
+            "sys_us_per_request": kernel / r.requests * 1e6,
             "cpu_share": cpu / wall}
 
 
@@ -280,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 s = measure(v, work, upstream, args)
                 v.samples.append(s)
                 print(f"round {i + 1} {v.name:>10}: {s['cpu_us_per_request']:6.1f} µs CPU/request"
+                      f" (user {s['user_us_per_request']:5.1f}, sys {s['sys_us_per_request']:5.1f})"
                       f"  {s['requests_per_s']:9.0f} req/s  CPU {100 * s['cpu_share']:3.0f}%"
                       f"  errors {s['errors']}", flush=True)
     finally:

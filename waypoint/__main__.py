@@ -27,6 +27,23 @@ def _addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+GC_GEN0_THRESHOLD = 20000
+
+
+def tune_gc() -> None:
+    """The cyclic collector cost ~10 % of the waypoint's CPU under load: every request makes
+    a few hundred container objects, so with CPython's default gen0 threshold (700) it ran
+    every few requests and, through the older generations, kept re-scanning everything
+    startup made. Freeze what exists now (modules, config, SDKs: never scanned again) and
+    collect the young generation every `GC_GEN0_THRESHOLD` allocations instead; memory held by
+    cycles stays bounded by that. Process-wide, so only the process entry point does it."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m waypoint", description=__doc__.split("\n")[0])
     p.add_argument("--bootstrap", type=Path, help="snapshot file (YAML); or follow --xds")
@@ -183,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             renewer.cancel()
         await server.stop()
 
+    tune_gc()
     try:
         loop.run_until_complete(run())
     finally:

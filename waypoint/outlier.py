@@ -143,6 +143,6 @@ class OutlierDetector:
 
     def usable(self, hosts: list[str], now: float) -> list[str]:
         self.maybe_sweep(now)
-        if self.panic():
+        if not self.active_ejections() or self.panic():
             return hosts
         return [h for h in hosts if not self.ejected(h)]
