@@ -1481,7 +1481,8 @@ class Downstream(asyncio.Protocol):
         self.reader = http1.RequestReader(max_head=server.max_head,
                                           retain=server.retry_buffer_bytes)
         self.queue: deque[http1.Request] = deque()
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None      # `_serve`, once a request came
+        self.idle: asyncio.Future | None = None     # `_serve` waits here for the next one
         self.h2: http2.H2Server | None = None
         self.h2_tasks: dict[int, asyncio.Task] = {}
         self.transport = None
@@ -1532,7 +1533,8 @@ class Downstream(asyncio.Protocol):
         if self.loop.time() < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._timeout)
             return
-        if self.timer_why == "idle" and (self.task is not None or self.h2_tasks):
+        if self.timer_why == "idle" and ((self.task is not None and self.idle is None)
+                                         or self.h2_tasks):
             self._arm(self.server.idle_timeout_s, "idle")  # busy, not idle
             return
         if self.timer_why == "slow" and self.h2 is None:
@@ -1686,7 +1688,9 @@ class Downstream(asyncio.Protocol):
                     r.stream.on_consumed = self._body_consumed(r.stream)
             self.queue.extend(requests)
             if self.task is None:
-                self.task = asyncio.get_running_loop().create_task(self._serve())
+                self.task = self.loop.create_task(self._serve())
+            elif self.idle is not None and not self.idle.done():
+                self.idle.set_result(None)
             if len(self.queue) > 32:
                 self.transport.pause_reading()
         streaming = self.reader.streaming
@@ -1704,12 +1708,26 @@ class Downstream(asyncio.Protocol):
     deadline = 0.0
 
     async def _serve(self) -> None:
+        """Answer queued requests in order. Between requests the task waits for the next
+        one (`idle`) instead of ending, so a keep-alive connection costs one task, not one
+        per request."""
         try:
-            while self.queue and not self.closed:
+            while not self.closed:
+                if not self.queue:
+                    if not self.discarding and not self.reader.mid_request:
+                        self._arm(self.server.idle_timeout_s, "idle")
+                    self.idle = fut = self.loop.create_future()
+                    try:
+                        await fut
+                    finally:
+                        self.idle = None
+                    continue
                 req = self.queue.popleft()
                 if len(self.queue) <= 8 and not self.body_paused:
-                    with contextlib.suppress(Exception):
+                    try:
                         self.transport.resume_reading()
+                    except Exception:  # noqa: BLE001, S110 - closing: nothing to resume
+                        pass
                 out = await self.waypoint.handle(Incoming(
                     req.method, req.target, req.authority, req.headers, req.body,
                     self.principal, self.source_ip, "http", self.target, req.stream))
@@ -1739,8 +1757,6 @@ class Downstream(asyncio.Protocol):
                     return
         finally:
             self.task = None
-        if not self.closed and not self.discarding and not self.reader.mid_request:
-            self._arm(self.server.idle_timeout_s, "idle")
 
     # --- HTTP/2 ---------------------------------------------------------------------------
     def _h2_data(self, data: bytes) -> None:
