@@ -90,7 +90,7 @@ class Side(asyncio.Protocol):
                 self.transport.write(out)
         if chunks:
             if self.framing is not None and self.relaying:
-                self._framed_in(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                self._framed_in(chunks)
                 if tls.eof and not self.lost and self.error is None:
                     if self.framing is not None:
                         self.framing.broken = True      # close_notify: no reuse
@@ -117,12 +117,25 @@ class Side(asyncio.Protocol):
                 self.framing.broken = True
             self._got_eof()
 
-    def _framed_in(self, data: bytes) -> None:
-        """Framed bytes from the peer tunnel while relaying: payload to the pod, FIN as its
-        half-close, bytes after FIN kept for the next inner connection once released."""
+    def _framed_in(self, chunks: list[bytes]) -> None:
+        """Framed bytes from the peer tunnel while relaying (decrypted chunks, one TLS record
+        each, decoded one by one so that a frame boundary copies a record, not the batch):
+        payload to the pod, FIN as its half-close, bytes after FIN kept for the next inner
+        connection once released."""
         fr = self.framing
+        feed = fr.decoder.feed
+        payload = []
+        fin = False
+        rest = b""
         try:
-            payload, fin, rest = fr.decoder.feed(data)
+            for i, chunk in enumerate(chunks):
+                data, fin, rest = feed(chunk)
+                if data:
+                    payload.append(data)
+                if fin:
+                    if i + 1 < len(chunks):
+                        rest = rest + b"".join(chunks[i + 1:])
+                    break
         except wire.ProtocolError as exc:
             fr.broken = True
             if fr.on_bad_frame is not None:
@@ -131,8 +144,9 @@ class Side(asyncio.Protocol):
             self.abort()
             return
         if payload:
-            self.received += len(payload)
-            self.peer.send(payload)
+            data = payload[0] if len(payload) == 1 else b"".join(payload)
+            self.received += len(data)
+            self.peer.send(data)
         if fin:
             fr.fin_in = True
             self._got_eof()
@@ -489,7 +503,7 @@ def join_framed(plain: Side, tun: Side, *, on_close: Callable[[int, int], None],
         if plain.eof:
             tun.send_eof()
         if raw:
-            tun._framed_in(raw)
+            tun._framed_in([raw])
         if early_eof and not tun.lost and tun.error is None:
             if tun.framing is not None:
                 tun.framing.broken = True

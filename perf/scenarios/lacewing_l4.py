@@ -6,7 +6,10 @@ checked), STRICT PeerAuthentication. The namespace is enrolled by its label, as 
 would; RSS is the node agents' (the tunnel lives in them).
 
 Also measured at start (printed, not in the harness's table): the tunnels' RSS idle and with
-1,000 open connections through them.
+1,000 open connections through them. At stop it prints how many connections between the nodes
+rode a new or a reused TLS connection (tunnel reuse: `LACEWING_TUNNEL_REUSE=0|1` in the
+environment of `python -m perf` turns it off or on for the cluster's node agents; unset, the
+tunnel's default — docs/tunnel.md).
 """
 
 from __future__ import annotations
@@ -86,10 +89,25 @@ class LacewingL4(Scenario):
         time.sleep(0.5)
         return idle, busy
 
+    def _print_reuse(self) -> None:
+        import re
+        try:
+            text = "".join(self.mesh.metrics(node) for node in ("node0", "node1"))
+        except Exception as exc:  # noqa: BLE001 - a figure for the operator, not the run
+            print(f"  {self.name}: tunnel reuse counters unavailable: {exc}", file=sys.stderr)
+            return
+        counts = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'lacewing_tunnel_inner_connections_total\{side="client",tunnel="(\w+)"\} (\S+)',
+            text)}
+        print(f"  {self.name}: connections between the nodes on new TLS connections "
+              f"{counts.get('new', 0):.0f}, on reused ones {counts.get('reused', 0):.0f}",
+              file=sys.stderr, flush=True)
+
     def pids(self) -> list[int]:
         return self.mesh.pids() if self.mesh else []
 
     def stop(self) -> None:
         if self.mesh is not None:
+            self._print_reuse()
             self.mesh.stop()
             self.mesh = None
