@@ -196,7 +196,7 @@ def profile(v: Variant, work: Path, upstream: int, args) -> None:
                                 stdout=subprocess.DEVNULL)
         time.sleep(1)
         subprocess.run([str(spy), "record", "-p", str(proc.pid), "-f", "raw", "-r", "500",
-                        "-d", str(int(args.profile)), "-o", str(raw), "--nonblocking"],
+                        "-d", str(int(args.profile)), "-o", str(raw), "--nonblocking", "--gil"],
                        check=True, capture_output=True)
         load.wait()
     finally:
@@ -293,11 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     summary = {}
     for v in variants:
-        cpu = statistics.median(s["cpu_us_per_request"] for s in v.samples)
-        rps = statistics.median(s["requests_per_s"] for s in v.samples)
+        def med(key: str, v=v) -> float:
+            return statistics.median(s[key] for s in v.samples)
+        cpu, rps = med("cpu_us_per_request"), med("requests_per_s")
+        user, kernel = med("user_us_per_request"), med("sys_us_per_request")
         summary[v.name] = {"rev": v.rev, "cpu_us_per_request": cpu, "requests_per_s": rps,
+                           "user_us_per_request": user, "sys_us_per_request": kernel,
                            "samples": v.samples}
-        print(f"{v.name:>10} ({v.rev}): median {cpu:6.1f} µs CPU/request, {rps:9.0f} req/s")
+        print(f"{v.name:>10} ({v.rev}): median {cpu:6.1f} µs CPU/request (user {user:5.1f}, "
+              f"sys {kernel:5.1f}), {rps:9.0f} req/s")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_waypoint-{stamp}.json"

@@ -191,7 +191,7 @@ def peer_identity(transport) -> str | None:
 
 class UpstreamConn(asyncio.Protocol):
     __slots__ = ("state", "host", "transport", "reader", "future", "closed", "served",
-                 "tunnel", "ready", "_reply", "write_paused", "drainers", "read_paused")
+                 "tunnel", "ready", "_reply", "write_paused", "drainers", "read_paused", "loop")
 
     def __init__(self, state: ClusterState, host: Host, tunnel: TunnelHop | None = None
                  ) -> None:
@@ -233,6 +233,8 @@ class UpstreamConn(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
+        # Kept: in CPython 3.11 every asyncio.get_running_loop() is a getpid() system call.
+        self.loop = asyncio.get_running_loop()
         if self.tunnel is None:
             return
         # Through the destination's node tunnel: check who answered, send the header, and
@@ -367,7 +369,7 @@ class UpstreamConn(asyncio.Protocol):
             self.reader = http1.ResponseReader(head_only=head_only)
         else:
             reader.reset()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.future = fut = loop.create_future()
         self.transport.write(payload)  # type: ignore[union-attr]
         pump = loop.create_task(self._send_body(body)) if body is not None else None
@@ -792,6 +794,7 @@ class Deadlines:
         self.armed_at = float("inf")
         self.resolution_s = resolution_s
         self.dead = 0        # disarmed entries still in the heap
+        self.loop: asyncio.AbstractEventLoop | None = None   # the loop the timer runs on
 
     def disarm(self, d: Deadline) -> None:
         if d.task is None:
@@ -805,9 +808,12 @@ class Deadlines:
             self.dead = 0
 
     def arm(self, delay_s: float) -> Deadline:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            # (Looked up once: in CPython 3.11 each lookup is a getpid() system call.)
+            loop = self.loop = asyncio.get_running_loop()
         self.seq += 1
-        d = Deadline(loop.time() + delay_s, self.seq, asyncio.current_task())
+        d = Deadline(loop.time() + delay_s, self.seq, asyncio.current_task(loop))
         heapq.heappush(self.heap, d)
         if d.when < self.armed_at:
             self._schedule(loop, d.when)
@@ -822,7 +828,7 @@ class Deadlines:
     def _fire(self) -> None:
         self.handle = None
         self.armed_at = float("inf")
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         now = loop.time()
         heap = self.heap
         while heap and heap[0].when <= now:
