@@ -475,6 +475,8 @@ class Tunnel:
                 if upside.eof or upside.lost:
                     raise ConnectionResetError("the peer tunnel closed before replying")
         status, why, rest = got
+        if req.kind == outbound.TUNNEL:         # unframed (reuse off): always a new one
+            self.telemetry.tunnel_connections.labels("client", "new").inc()
         if self.config.resumption and not upside.tls.resumed:
             # a full handshake: keep its ticket (reading `session` costs; resumed ones keep
             # the ticket they used, which stays valid)

@@ -122,6 +122,31 @@ def test_connections_past_their_max_lifetime_are_not_reused(tmp_path):
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_idle_connections_are_closed_after_their_idle_timeout(tmp_path, side):
+    timeouts = ({"reuse_idle_timeout": 0.2} if side == "client"
+                else {"reuse_server_idle_timeout": 0.2})
+
+    async def go():
+        async with running_mesh(tmp_path, placements=PLACEMENTS, reuse=True,
+                                **timeouts) as mesh:
+            await mesh.pod(SRV.ip, greet=False)
+            await mesh.apply(snap())
+            assert await call(mesh) == b"ping<eof>"
+            await settled(mesh, 1)
+            assert await call(mesh) == b"ping<eof>"        # at once: reused
+            await settled(mesh, 2)
+            await asyncio.sleep(0.6)
+            if side == "server":      # the client saw the server's close while idle
+                assert mesh.tunnels["node1"]._idle_tunnels == set()
+            assert await call(mesh) == b"ping<eof>"
+            await settled(mesh, 3)
+            assert [e["tunnel_reused"] for e in mesh.access("node0")] == [False, True, False]
+            assert handshakes(mesh) == 2
+            assert mesh.metric("node0", "lacewing_tunnel_reuse_retries_total") == 0
+    asyncio.run(go())
+
+
 def test_different_source_identities_never_share_a_tunnel(tmp_path):
     async def go():
         async with running_mesh(tmp_path, placements=PLACEMENTS, reuse=True) as mesh:

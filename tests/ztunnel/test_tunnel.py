@@ -194,6 +194,8 @@ def test_a_renewed_client_certificate_is_used_and_old_sessions_are_not(tmp_path,
             r, w = await mesh.connect(CLIENT.ip, ("127.0.20.1", 80))
             assert (await exchange(r, w)).endswith(b"hello<eof>")
             out = mesh.access("node0")
+            assert mesh.metric("node0", "lacewing_tunnel_inner_connections_total",
+                               side="client", tunnel="new") == (2 if reuse else 3)
             if reuse:   # the renewed certificate's context never picks the old connection
                 assert [e["tunnel_reused"] for e in out] == [False, True, False]
                 assert [e["tls_resumed"] for e in out] == [False, False, False]
