@@ -143,6 +143,11 @@ class OutlierDetector:
 
     def usable(self, hosts: list[str], now: float) -> list[str]:
         self.maybe_sweep(now)
-        if not self.active_ejections() or self.panic():
+        for s in self.hosts.values():
+            if s.ejected_at is not None:
+                break
+        else:
+            return hosts                 # nothing ejected (the common case): no filtering
+        if self.panic():
             return hosts
         return [h for h in hosts if not self.ejected(h)]

@@ -43,7 +43,7 @@ from waypoint import http1, http2, retry
 from waypoint.balancer import Balancer
 from waypoint.config import Cluster, Host, WaypointConfig, fqdn
 from waypoint.outlier import OutlierDetector, OutlierSettings
-from waypoint.paths import BadTarget, normalize_target
+from waypoint.paths import BadTarget, Target, normalize_target
 from waypoint.pool import PoolCounters, PoolLimits
 from waypoint.ratelimit import TokenBucket
 from waypoint.router import RequestView, apply_header_ops, select_route
@@ -927,16 +927,17 @@ class Waypoint:
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
         self._retry_cache: dict[int, retry.RetryPolicy] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._targets: dict[str, Target] = {}   # raw request target → normalized
         self.deadlines = Deadlines()
         self.update(snapshot)
 
     def update(self, snapshot: WaypointSnapshot) -> None:
         """Apply a new snapshot atomically; cluster state (ejections, connections) survives."""
         self.config = WaypointConfig.compile(snapshot, default_service=self.default_service)
-        self._ports: dict[tuple[str, str], int] = {}
-        self._labels: dict[tuple, tuple[str, ...]] = {}
+        self._authorities: dict[str, tuple[Service | None, int]] = {}  # → (service, port)
+        self._service_info: dict[int, tuple] = {}      # id(service) → `_describe_service`
+        self._labels: dict[tuple, tuple[tuple[str, ...], object]] = {}   # → (labels, series)
         self._decisions: dict[tuple, tuple] = {}
-        self._route_inputs: dict[str, tuple[tuple[str, ...], bool]] = {}
         self._sources: dict[str, tuple[str, str, str, str]] = {}
         for wl in snapshot.workloads.values():
             self._sources.setdefault(
@@ -1089,28 +1090,42 @@ class Waypoint:
 
     async def _pipeline(self, rq: Incoming, headers: dict, span, start: float):
         cfg = self.config
-        try:
-            target = normalize_target(rq.target)
-        except BadTarget as e:
-            return None, None, self._local(400, "-", body=f"bad request: {e}".encode())
+        target = self._targets.get(rq.target)
+        if target is None:
+            try:
+                target = normalize_target(rq.target)
+            except BadTarget as e:
+                return None, None, self._local(400, "-", body=f"bad request: {e}".encode())
+            if len(self._targets) >= 10000:
+                self._targets.clear()
+            self._targets[rq.target] = target
         if rq.service_target is not None:   # the node tunnel said which Service was called
             svc = cfg.snapshot.services.get(rq.service_target[0])
             port = rq.service_target[1]
         else:
-            svc = cfg.service_for(rq.authority)
-            port = self._service_port(svc, rq.authority) if svc is not None else 0
+            found = self._authorities.get(rq.authority)
+            if found is None:
+                svc = cfg.service_for(rq.authority)
+                found = (svc, self._find_service_port(svc, rq.authority) if svc is not None else 0)
+                if len(self._authorities) >= 10000:
+                    self._authorities.clear()
+                self._authorities[rq.authority] = found
+            svc, port = found
         if svc is None:
             return None, None, self._local(404, "NR", body=b"no service for this host")
-        uid = cfg.uid_of(svc)
+        # What the request path needs to know of its Service, looked up once per snapshot.
+        info = self._service_info.get(id(svc))
+        if info is None or info[0] is not svc:
+            info = self._service_info[id(svc)] = self._describe_service(svc)
+        _, uid, policies, ratelimits, routes, inputs = info
         attrs = None
-        policies = cfg.authz_for_service(svc)
         if policies:
             attrs = authz_mod.RequestAttributes(rq.method, rq.authority, target.path, port,
                                                 rq.principal, rq.source_ip, headers)
             if not authz_mod.evaluate(policies, attrs).allowed:
                 return svc, None, self._local(403, "RBAC")
         rl_headers: list[tuple[str, str]] = []
-        for policy in cfg.ratelimits_for(svc):
+        for policy in ratelimits:
             key = (f"{policy.namespace}/{policy.name}", uid)
             bucket = self.buckets.get(key)
             if bucket is None:
@@ -1122,7 +1137,6 @@ class Waypoint:
             if not verdict.allowed:
                 self.metrics.ratelimited.labels(key[0]).inc()
                 return svc, None, self._local(policy.spec.status, "RL", rl_headers)
-        routes = cfg.routes.get(uid)
         namespace = svc.namespace
         if routes is None:
             dest_svc, dest_port, subset = svc, port, ""
@@ -1133,12 +1147,9 @@ class Waypoint:
         else:
             # A route decision that draws no random number (one destination, no fault, no
             # mirror) depends only on what the matches read: it is cached per those inputs.
-            inputs = self._route_inputs.get(uid)
-            if inputs is None:
-                inputs = self._route_inputs[uid] = _route_inputs(routes)
             names, by_query = inputs
             rkey = (uid, port, rq.method, target.path, target.query if by_query else None,
-                    *[headers.get(n) for n in names])
+                    tuple(map(headers.get, names)) if names else ())
             decided = self._decisions.get(rkey)
             if decided is None:
                 view = RequestView(rq.method, rq.authority, target.path, target.query, headers)
@@ -1191,14 +1202,12 @@ class Waypoint:
         out.headers += rl_headers
         return svc, host, out
 
-    def _service_port(self, svc: Service, authority: str) -> int:
-        key = (self.config.uid_of(svc), authority)
-        port = self._ports.get(key)
-        if port is None:
-            port = self._ports[key] = self._find_service_port(svc, authority)
-            if len(self._ports) > 10000:
-                self._ports.clear()
-        return port
+    def _describe_service(self, svc: Service) -> tuple:
+        cfg = self.config
+        uid = cfg.uid_of(svc)
+        routes = cfg.routes.get(uid)
+        return (svc, uid, cfg.authz_for_service(svc), cfg.ratelimits_for(svc), routes,
+                _route_inputs(routes) if routes is not None else None)
 
     @staticmethod
     def _find_service_port(svc: Service, authority: str) -> int:
@@ -1428,14 +1437,20 @@ class Waypoint:
         key = (rq.principal, self.config.uid_of(svc) if svc is not None else None,
                host.address if host is not None else None, out.status, out.flags, rq.protocol,
                _grpc_status(out) if rq.protocol == "grpc" else "-")
-        labels = self._labels.get(key)
-        if labels is None:
-            labels = self._labels[key] = self._make_labels(rq, svc, host, out, key[6])
-            if len(self._labels) > 20000:
+        hit = self._labels.get(key)
+        if hit is None:
+            if len(self._labels) >= 20000:
                 self._labels.clear()
-        self.metrics.observe(labels, (self.clock() - start) * 1000.0,
-                             rq.stream.size if rq.stream is not None else len(rq.body),
-                             len(out.body) if resp_bytes is None else resp_bytes)
+            labels = self._make_labels(rq, svc, host, out, key[6])
+            hit = self._labels[key] = (labels, self.metrics.series_for(labels))
+        labels, series = hit
+        duration_ms = (self.clock() - start) * 1000.0
+        req_bytes = rq.stream.size if rq.stream is not None else len(rq.body)
+        resp_bytes = len(out.body) if resp_bytes is None else resp_bytes
+        if series is not None:   # kept with its labels: no hashing of 19 labels per request
+            self.metrics.observe_series(series, duration_ms, req_bytes, resp_bytes)
+        else:                    # beyond the series limit: counted as dropped
+            self.metrics.observe(labels, duration_ms, req_bytes, resp_bytes)
 
     def _make_labels(self, rq: Incoming, svc: Service | None, host: Host | None,
                      out: Outgoing, grpc_status: str) -> tuple[str, ...]:

@@ -119,12 +119,25 @@ class Metrics:
 
     def observe(self, labels: tuple[str, ...], duration_ms: float, request_bytes: int,
                 response_bytes: int) -> None:
+        s = self.series_for(labels)
+        if s is None:
+            self.dropped_series += 1
+            return
+        self.observe_series(s, duration_ms, request_bytes, response_bytes)
+
+    def series_for(self, labels: tuple[str, ...]) -> _RequestSeries | None:
+        """The series of a label set (made on first use), None beyond `MAX_SERIES`. A caller
+        may keep it and `observe_series` on it: series are never dropped once made."""
         s = self.series.get(labels)
         if s is None:
             if len(self.series) >= MAX_SERIES:
-                self.dropped_series += 1
-                return
+                return None
             s = self.series[labels] = _RequestSeries()
+        return s
+
+    @staticmethod
+    def observe_series(s: _RequestSeries, duration_ms: float, request_bytes: int,
+                       response_bytes: int) -> None:
         s.count += 1
         s.dur_sum += duration_ms
         s.dur[bisect_left(DURATION_BUCKETS, duration_ms)] += 1
