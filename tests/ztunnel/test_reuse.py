@@ -402,3 +402,19 @@ def test_an_unparsable_frame_closes_the_tunnel_and_is_counted(tmp_path, garbage)
             # the tunnel serves others as before
             assert await call(mesh) == b"ping<eof>"
     asyncio.run(go())
+
+
+def test_drain_closes_idle_tunnel_connections_on_both_sides(tmp_path):
+    async def go():
+        async with running_mesh(tmp_path, placements=PLACEMENTS, reuse=True) as mesh:
+            await mesh.pod(SRV.ip, greet=False)
+            await mesh.apply(snap())
+            assert await call(mesh) == b"ping<eof>"
+            await settled(mesh, 1)
+            server_idle = mesh.tunnels["node1"]._idle_tunnels
+            await eventually(lambda: len(server_idle) == 1)
+            await mesh.tunnels["node0"].drain(timeout=1.0)
+            assert len(mesh.tunnels["node0"].pool) == 0
+            await eventually(lambda: len(server_idle) == 0)     # it saw the client's close
+            assert mesh.metric("node1", "lacewing_tunnel_refused_connections_total") == 0
+    asyncio.run(go())
