@@ -487,6 +487,10 @@ def join_framed(plain: Side, tun: Side, *, on_close: Callable[[int, int], None],
     for side in (plain, tun):
         if side.transport is not None and not side.lost:
             side.transport.resume_reading()
+    if (tun.transport is not None and not tun.lost and not plain.lost
+            and tun.transport.get_write_buffer_size() > HIGH_WATER):
+        plain.transport.pause_reading()     # still congested from an earlier connection:
+        #                                     its resume_writing resumes this pod
     if plain.lost:
         if plain.error is not None:
             tun.abort()
