@@ -19,6 +19,7 @@ An exporter is optional (none: spans are created and dropped).
 
 from __future__ import annotations
 
+import os
 import random
 from bisect import bisect_left
 from collections.abc import Mapping
@@ -192,16 +193,59 @@ def _parent(headers: Mapping[str, str]) -> tuple[int, int, bool] | None:
     return tid, sid, sampled in ("1", "d", "true")
 
 
+class RandomHex:
+    """Random lower-case hex digits for trace, span and request ids, cut from one
+    `os.urandom` block at a time (one system call per few hundred requests, no formatting
+    of integers per request)."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self) -> None:
+        self.buf = ""
+        self.pos = 0
+
+    def take(self, n: int) -> str:
+        pos = self.pos
+        end = pos + n
+        if end > len(self.buf):
+            self.buf = os.urandom(4096).hex()
+            pos, end = 0, n
+        self.pos = end
+        return self.buf[pos:end]
+
+    def nonzero(self, n: int) -> str:
+        """`n` digits, not all zero (W3C: an all-zero trace or span id is invalid)."""
+        x = self.take(n)
+        while x == _ZEROS[n]:
+            x = self.take(n)
+        return x
+
+
+_ZEROS = {16: "0" * 16, 32: "0" * 32}
+
+
+RANDOM_HEX = RandomHex()
+
+
 class LightSpan:
-    """A span that is not sampled: its ids are propagated, nothing is recorded."""
+    """A span that is not sampled: its ids (kept as hex, as they are sent) are propagated,
+    nothing is recorded."""
 
-    __slots__ = ("trace_id", "span_id", "parent_span_id", "sampled")
+    __slots__ = ("trace_hex", "span_hex", "parent_span_id", "sampled")
 
-    def __init__(self, trace_id: int, span_id: int, parent_span_id: int | None) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
+    def __init__(self, trace_hex: str, span_hex: str, parent_span_id: int | None) -> None:
+        self.trace_hex = trace_hex       # 32 hex digits
+        self.span_hex = span_hex         # 16 hex digits
         self.parent_span_id = parent_span_id
         self.sampled = False
+
+    @property
+    def trace_id(self) -> int:
+        return int(self.trace_hex, 16)
+
+    @property
+    def span_id(self) -> int:
+        return int(self.span_hex, 16)
 
     def set_attribute(self, key: str, value: object) -> None:
         pass
@@ -222,8 +266,8 @@ class Tracing:
         if exporter is not None:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("lacewing.waypoint")
-        self._bits = random.getrandbits
         self._random = random.random
+        self._hex = RANDOM_HEX
 
     def start(self, name: str, headers: Mapping[str, str]):
         parent = _parent(headers) if ("traceparent" in headers or "b3" in headers
@@ -234,8 +278,12 @@ class Tracing:
             sampled = self.sample_ratio > 0 and self._random() < self.sample_ratio
         if not sampled:
             if parent is None:
-                return LightSpan(self._bits(128) or 1, self._bits(64) or 1, None)
-            return LightSpan(parent[0], self._bits(64) or 1, parent[1])
+                x = self._hex.take(48)           # a new trace id and span id at once
+                tid, sid = x[:32], x[32:]
+                if tid == _ZEROS[32] or sid == _ZEROS[16]:   # (W3C: never all zero)
+                    tid, sid = self._hex.nonzero(32), self._hex.nonzero(16)
+                return LightSpan(tid, sid, None)
+            return LightSpan(f"{parent[0]:032x}", self._hex.nonzero(16), parent[1])
         ctx = None
         if parent is not None:
             sc = SpanContext(trace_id=parent[0], span_id=parent[1], is_remote=True,
@@ -247,14 +295,13 @@ class Tracing:
     def propagation_headers(span, parent_headers: Mapping[str, str]) -> list[tuple[str, str]]:
         """The headers the upstream request carries: W3C and B3 for this span."""
         if isinstance(span, LightSpan):
-            tid, sid, sampled, parent_id = (span.trace_id, span.span_id, "0",
-                                            span.parent_span_id)
+            t, s_, sampled, parent_id = (span.trace_hex, span.span_hex, "0",
+                                         span.parent_span_id)
         else:
             sc = span.get_span_context()
-            tid, sid = sc.trace_id, sc.span_id
+            t, s_ = f"{sc.trace_id:032x}", f"{sc.span_id:016x}"
             sampled = "1" if sc.trace_flags.sampled else "0"
             parent_id = span.parent.span_id if getattr(span, "parent", None) else None
-        t, s_ = f"{tid:032x}", f"{sid:016x}"
         out = [("traceparent", f"00-{t}-{s_}-0{sampled}"),
                ("x-b3-traceid", t), ("x-b3-spanid", s_), ("x-b3-sampled", sampled)]
         if parent_id:
