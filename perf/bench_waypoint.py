@@ -201,6 +201,8 @@ def profile(v: Variant, work: Path, upstream: int, args) -> None:
         load.wait()
     finally:
         stop(proc)
+    if args.raw:
+        shutil.copy(raw, args.raw)
     print(summarize_profile(raw.read_text(), top=args.top, lines=args.lines))
 
 
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of measuring: py-spy the first variant for S seconds")
     p.add_argument("--top", type=int, default=30, help="frames shown by --profile")
     p.add_argument("--lines", action="store_true", help="--profile per line, not per function")
+    p.add_argument("--raw", type=Path, metavar="FILE", help="--profile: keep py-spy's raw stacks")
     args = p.parse_args(argv)
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
