@@ -40,6 +40,7 @@ import functools
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -198,7 +199,7 @@ class Tunnel:
         await self.close()
 
     def _reusable(self, side: Side) -> bool:
-        return (_idle_usable(side) and asyncio.get_running_loop().time() - side.born
+        return (_idle_usable(side) and time.monotonic() - side.born
                 < self.config.reuse_max_lifetime)
 
     def _close_idle_tunnels(self) -> None:
@@ -681,7 +682,7 @@ class Tunnel:
     async def _inbound_next(self, down: Side, ids: dict) -> None:
         """A released server-side tunnel: wait (idle) for the next header, then set it up as
         a new inbound connection, or close it when it stays idle or the client ends it."""
-        if (self._draining or asyncio.get_running_loop().time() - down.born
+        if (self._draining or time.monotonic() - down.born
                 >= self.config.reuse_max_lifetime):
             down.close()        # draining, or old enough (the client will not pick it either)
             return

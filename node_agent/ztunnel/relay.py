@@ -22,6 +22,7 @@ import asyncio
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable
 
 from node_agent.ztunnel import wire
@@ -55,7 +56,7 @@ class Side(asyncio.Protocol):
         self.session_key: tuple | None = None
         self.splice: _SpliceState | None = None   # set on both sides of a spliced pair
         self.framing: Framing | None = None       # a framed tunnel side, while joined
-        self.born = 0.0                 # loop time its TLS handshake finished (reuse age)
+        self.born = 0.0                 # time.monotonic() when its TLS handshake finished (reuse age)
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport) -> None:
@@ -181,7 +182,7 @@ class Side(asyncio.Protocol):
             return None
         if not self.handshake.done():
             self.handshake.set_result(True)
-        self.born = asyncio.get_running_loop().time()
+        self.born = time.monotonic()
         return b""
 
     def eof_received(self) -> bool:
