@@ -49,7 +49,7 @@ from waypoint.ratelimit import TokenBucket
 from waypoint.router import RequestView, apply_header_ops, select_route
 from waypoint.router import plan as make_plan
 from waypoint.streaming import HIGH_WATER_BYTES, RETRY_BUFFER_BYTES, Body
-from waypoint.telemetry import RANDOM_HEX, TRACE_HEADERS, Metrics, Tracing
+from waypoint.telemetry import TRACE_HEADERS, Metrics, Tracing
 
 CONNECT_TIMEOUT_S = 5.0
 HEADER_TIMEOUT_S = 15.0       # a client has this long to finish a request it started
@@ -857,15 +857,6 @@ class Deadlines:
 
 # --- the request pipeline -------------------------------------------------------------------
 
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-
-
-def _request_id(_take=RANDOM_HEX.take) -> str:
-    """A version-4 UUID, as Envoy sets `x-request-id` (without uuid.UUID's overhead)."""
-    x = _take(32)
-    return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:]}"
-
-
 def _route_inputs(routes) -> tuple[tuple[str, ...], bool]:
     """What route matching reads besides method and path: the header names, and whether
     any match looks at query parameters."""
@@ -1188,7 +1179,7 @@ class Waypoint:
         for ops in req_ops:
             apply_header_ops(out_headers, ops)
         if "x-request-id" not in headers:
-            out_headers.append(("x-request-id", _request_id()))
+            out_headers.append(("x-request-id", self.tracing.request_id()))
         out_headers.append(("x-forwarded-proto", "https" if rq.principal else "http"))
         out_headers += Tracing.propagation_headers(span, headers)
         uri = f"{path}?{target.query}" if target.query else path

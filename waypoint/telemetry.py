@@ -196,7 +196,7 @@ def _parent(headers: Mapping[str, str]) -> tuple[int, int, bool] | None:
 class RandomHex:
     """Random lower-case hex digits for trace, span and request ids, cut from one
     `os.urandom` block at a time (one system call per few hundred requests, no formatting
-    of integers per request)."""
+    of integers per request). Not thread-safe: one per event loop's user (a `Tracing`)."""
 
     __slots__ = ("buf", "pos")
 
@@ -222,9 +222,8 @@ class RandomHex:
 
 
 _ZEROS = {16: "0" * 16, 32: "0" * 32}
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}   # RFC 4122 variant
 
-
-RANDOM_HEX = RandomHex()
 
 
 class LightSpan:
@@ -267,7 +266,7 @@ class Tracing:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("lacewing.waypoint")
         self._random = random.random
-        self._hex = RANDOM_HEX
+        self._hex = RandomHex()
 
     def start(self, name: str, headers: Mapping[str, str]):
         parent = _parent(headers) if ("traceparent" in headers or "b3" in headers
@@ -290,6 +289,11 @@ class Tracing:
                              trace_flags=TraceFlags(TraceFlags.SAMPLED))
             ctx = trace.set_span_in_context(NonRecordingSpan(sc))
         return self.tracer.start_span(name, context=ctx, kind=SpanKind.SERVER)
+
+    def request_id(self) -> str:
+        """A version-4 UUID, as Envoy sets `x-request-id` (without uuid.UUID's overhead)."""
+        x = self._hex.take(32)
+        return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:]}"
 
     @staticmethod
     def propagation_headers(span, parent_headers: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from waypoint.proxy import _request_id
 from waypoint.telemetry import RandomHex, Tracing
 
 
 def test_request_ids_are_distinct_version_4_uuids():
-    ids = [_request_id() for _ in range(5000)]
+    tracing = Tracing()
+    ids = [tracing.request_id() for _ in range(5000)]
     assert len(set(ids)) == len(ids)
     for r in ids:
         u = uuid.UUID(r)
