@@ -4,7 +4,8 @@
 
 Before: a node installed with `node_agent.datapath.Datapath.install()`. After: prints, without
 changing anything (flow records are read, not drained), what is pinned and attached, which pods
-are enrolled, the programs' event counters and, with --flows, every connection record — the
+are enrolled, which Service addresses unenrolled pods' connections are captured for, the
+programs' event counters and, with --flows, every connection record — the
 operator's view when capture does not do what they expect. No compiler is loaded.
 """
 
@@ -15,8 +16,15 @@ import json
 import sys
 from dataclasses import asdict
 
+from node_agent.bpf import layout
 from node_agent.bpf.syscall import prog_run_stats
 from node_agent.datapath import Datapath, DatapathError
+
+
+def _vip_kind(flags: int) -> str:
+    names = [n for bit, n in ((layout.VIP_SERVICE, "service VIP"),
+                              (layout.VIP_BACKEND, "backend")) if flags & bit]
+    return " + ".join(names) or f"flags {flags:#x}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name] = {"id": prog_id, "run_cnt": cnt, "run_time_ns": ns}
             report = {"status": status, "programs": runs, "enrolled": dp.enrolled(),
                       "stats": dp.stats(), "listeners": dp.registered_listeners(),
+                      "services": {f"{a}:{p}": _vip_kind(v)
+                                   for (a, p), v in sorted(dp.services().items())},
                       "flows": [asdict(f) for f in dp.read_flows()] if args.flows else None}
     except DatapathError as e:
         print(f"show: {e}", file=sys.stderr)
@@ -61,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  tc ingress {dev:<14} {prog}")
     for ip, pod in sorted(report["enrolled"].items()):
         print(f"  enrolled {ip:<15} pod id {pod['pod_id']} ifindex {pod['ifindex']}")
+    for addr, kind in report["services"].items():
+        print(f"  service capture {addr:<21} {kind}")
     print("counters: " + ", ".join(f"{k}={v}" for k, v in report["stats"].items()))
     for f in report["flows"] or []:
         state = "open" if f["closed_ns"] == 0 else "closed"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 
@@ -113,6 +114,13 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
                 (pods["mesh/far"]["ip"], 8080): layout.VIP_BACKEND,
                 (pods["mesh/odd"]["ip"], 8080): layout.VIP_BACKEND}
         wait_for("node0's lw_vips", lambda: dp.services() == want)
+        shown = subprocess.run([sys.executable, "-m", "node_agent.bpf.show", "--cluster",
+                                cluster.name, "--node", "node0", "--netns", node0["netns"]],
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert f"service capture {vips['mesh/near']}:80" in shown.stdout
+        assert re.search(rf"service capture {pods['mesh/far']['ip']}:8080 +backend",
+                         shown.stdout), shown.stdout
 
         # PERMISSIVE (no policy): by name, balanced by the tunnel, the server sees the caller
         assert call(cluster, "legacy/outsider", "near.mesh") == f"near {outsider}"
