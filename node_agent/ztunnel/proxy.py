@@ -19,7 +19,8 @@ calls `await tunnel.update(snapshot)` for each accepted NodeSnapshot. After `sta
 `drain()` stops accepting, reports not ready and waits for open connections (up to a deadline).
 
 Tunnel reuse (`TunnelConfig.reuse`, docs/tunnel.md "Reusing tunnel connections"): toward node
-tunnels the client asks for the framed protocol (wire.FLAG_FRAMED); an inner connection that
+tunnels that selected the framed mode in the TLS handshake (ALPN wire.ALPN_FRAMED; others are
+spoken to unframed) the client asks for it (wire.FLAG_FRAMED); an inner connection that
 ends cleanly leaves its TLS connection idle — on the client in `pool.IdlePool`, keyed by
 (source identity, expected identity, next hop, TLS context), on the server waiting for the next
 header, which is decided afresh exactly like a first one. A reused connection that ends before
@@ -108,7 +109,8 @@ class Tunnel:
                  telemetry: Telemetry | None = None) -> None:
         self.config = config or TunnelConfig()
         self.telemetry = telemetry or Telemetry()
-        self.contexts = Contexts(certs, on_sni_refused=self._sni_refused)
+        self.contexts = Contexts(certs, on_sni_refused=self._sni_refused,
+                                 alpn=(wire.ALPN_FRAMED,) if self.config.reuse else ())
         self.state: NodeState = EMPTY
         self.balancer = RoundRobin()
         self._servers: dict[str, asyncio.AbstractServer] = {}
@@ -462,6 +464,12 @@ class Tunnel:
             await self._outbound_framed(req, rec, down, up, src)
             return
         upside = await self._connect_tunnel(req, rec, up)
+        await self._outbound_unframed(req, rec, down, upside, src)
+
+    async def _outbound_unframed(self, req: outbound.Request, rec: ConnRecord, down: Side,
+                                 upside: Side, src) -> None:
+        """Over a new TLS connection to a node tunnel or waypoint that is not framed (reuse off,
+        a waypoint, or a peer tunnel that did not select ALPN_FRAMED): one connection each."""
         upside.send(wire.encode_header(wire.TunnelHeader(req.target,
                                                          wire.Address(src[0], src[1]))))
         if down.buffer:
@@ -500,15 +508,6 @@ class Tunnel:
         framed, so the TLS connection can carry the next connection of the pair."""
         ctx = await self.contexts.client(req.source_identity)
         key = (req.source_identity, req.expected_identity, self._hop(req), ctx)
-        first = down.take()
-        if len(first) > EARLY_LIMIT:        # the rest waits in the buffer for the reply
-            down.buffer.insert(0, first[EARLY_LIMIT:])
-            down.buffered = len(first) - EARLY_LIMIT
-            first = first[:EARLY_LIMIT]
-        early = wire.encode_header(wire.TunnelHeader(req.target, wire.Address(src[0], src[1]),
-                                                     flags=wire.FLAG_FRAMED))
-        if first:
-            early += wire.frame_data(first)
         upside = None if self._draining else self.pool.take(key)
         reused = upside is not None
         if reused:
@@ -518,6 +517,18 @@ class Tunnel:
             rec.tunnel_reused = True
         else:
             upside = await self._connect_tunnel(req, rec, up, ctx=ctx)
+            if not _framed(upside):         # a peer of an older version: one connection each
+                await self._outbound_unframed(req, rec, down, upside, src)
+                return
+        first = down.take()
+        if len(first) > EARLY_LIMIT:        # the rest waits in the buffer for the reply
+            down.buffer.insert(0, first[EARLY_LIMIT:])
+            down.buffered = len(first) - EARLY_LIMIT
+            first = first[:EARLY_LIMIT]
+        early = wire.encode_header(wire.TunnelHeader(req.target, wire.Address(src[0], src[1]),
+                                                     flags=wire.FLAG_FRAMED))
+        if first:
+            early += wire.frame_data(first)
         while True:
             upside.send(early)
             got = await self._reply(upside)
@@ -530,6 +541,12 @@ class Tunnel:
             self.telemetry.reuse_retries.inc()
             upside = await self._connect_tunnel(req, rec, up, ctx=ctx)
             reused = False
+            if not _framed(upside):         # the peer was replaced by an older version
+                if first:
+                    down.buffer.insert(0, first)
+                    down.buffered += len(first)
+                await self._outbound_unframed(req, rec, down, upside, src)
+                return
         self.telemetry.tunnel_connections.labels("client",
                                                  "reused" if reused else "new").inc()
         status, why, rest = got
@@ -842,6 +859,11 @@ def _idle_usable(side: Side) -> bool:
 
 def _close_idle(side: Side) -> None:
     side.close()
+
+
+def _framed(side: Side) -> bool:
+    """The new TLS connection's peer agreed to the framed mode (ALPN, wire.ALPN_FRAMED)."""
+    return side.tls.obj.selected_alpn_protocol() == wire.ALPN_FRAMED
 
 
 class PeerIdentityError(ConnectionError):

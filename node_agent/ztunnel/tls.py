@@ -39,8 +39,9 @@ class CertSource(Protocol):
 
 class Contexts:
     def __init__(self, certs: CertSource, *, session_ttl: float = 3600.0,
-                 on_sni_refused=None) -> None:
+                 on_sni_refused=None, alpn: tuple[str, ...] = ()) -> None:
         self._certs = certs
+        self._alpn = list(alpn)     # offered (client) and accepted (server) on every context
         # identity -> (serial, context, last asked, renew-after time)
         self._client: dict[str, tuple[int, ssl.SSLContext, float, float]] = {}
         self._server: dict[str, tuple[int, ssl.SSLContext]] = {}
@@ -62,7 +63,7 @@ class Contexts:
             return have[1]
         cert = await self._certs.get(identity)
         if have is None or have[0] != cert.serial:
-            have = (cert.serial, ssl_context(cert, server=False), now,
+            have = (cert.serial, self._with_alpn(ssl_context(cert, server=False)), now,
                     (cert.not_before + cert.not_after) / 2)
         else:
             have = (have[0], have[1], now, have[3])
@@ -70,6 +71,11 @@ class Contexts:
         return have[1]
 
     recheck = 5.0
+
+    def _with_alpn(self, ctx: ssl.SSLContext) -> ssl.SSLContext:
+        if self._alpn:
+            ctx.set_alpn_protocols(self._alpn)
+        return ctx
 
     def session(self, key: tuple, ctx: ssl.SSLContext) -> ssl.SSLSession | None:
         entry = self._sessions.get(key)
@@ -125,11 +131,12 @@ class Contexts:
             base.verify_mode = ssl.CERT_REQUIRED
             base.load_verify_locations(cadata=cert.trust_bundle_pem.decode())
             base.sni_callback = self._select
+            self._with_alpn(base)
             self._base = base
             self._sessions.clear()
         have = self._server.get(ident)
         if have is None or have[0] != cert.serial:
-            ctx = ssl_context(cert, server=True)
+            ctx = self._with_alpn(ssl_context(cert, server=True))
             self._server[ident] = (cert.serial, ctx)
 
     def _select(self, obj, server_name, _ctx):

@@ -46,6 +46,10 @@ STATUS_NAMES = {OK: "ok", DENIED: "denied", UNKNOWN_TARGET: "unknown_target",
 
 
 FLAG_FRAMED = 1
+# TLS ALPN value a tunnel advertises when it speaks the framed mode: a client frames (and pools)
+# only a connection whose handshake selected it, so a peer of an older version is spoken to
+# unframed instead of misread
+ALPN_FRAMED = "lacewing-tunnel-framed/1"
 FRAME_DATA = 0
 FRAME_FIN = 1
 MAX_FRAME = 256 << 10

@@ -73,6 +73,7 @@ class Mesh:
         self.registries: dict[str, CollectorRegistry] = {}
         self.tunnels: dict[str, Tunnel] = {}
         self.managers: list[CertificateManager] = []
+        self.per_node = config.pop("per_node", {})   # node -> TunnelConfig overrides
         self.config = config
         self.pods: list[Pod] = []
 
@@ -89,7 +90,8 @@ class Mesh:
             cfg = TunnelConfig(outbound_addr=(ip, 0), inbound_addr=(ip, self.tunnel_port),
                                plaintext_addr=(ip, 0), readiness_addr=(ip, 0),
                                transparent=False, tunnel_port=self.tunnel_port,
-                               original_destination=self._orig, **self.config)
+                               original_destination=self._orig,
+                               **{**self.config, **self.per_node.get(node, {})})
             t = Tunnel(mgr, config=cfg, telemetry=Telemetry(registry=self.registries[node],
                                                             access_log=self.logs[node]))
             await t.start()

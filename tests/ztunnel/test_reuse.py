@@ -107,6 +107,30 @@ def test_sequential_connections_of_one_pair_share_one_tls_connection(tmp_path):
     asyncio.run(go())
 
 
+def test_a_peer_tunnel_without_the_framed_mode_is_spoken_to_unframed(tmp_path):
+    """A destination tunnel that does not select ALPN_FRAMED (an older version, or reuse off
+    there) gets the unframed protocol: every connection works, each on its own TLS
+    connection, nothing is misread as frames."""
+    async def go():
+        async with running_mesh(tmp_path, placements=PLACEMENTS, reuse=True,
+                                per_node={"node1": {"reuse": False}}) as mesh:
+            await mesh.pod(SRV.ip, greet=False)
+            await mesh.apply(snap())
+            for i in range(3):
+                payload = f"request {i}".encode() * 1000
+                assert await call(mesh, payload) == payload + b"<eof>"
+                await settled(mesh, i + 1)
+            assert handshakes(mesh) == 3                      # one TLS accept each
+            assert inner(mesh, "node0", "client", "new") == 3
+            assert inner(mesh, "node0", "client", "reused") == 0
+            assert len(mesh.tunnels["node0"].pool) == 0
+            assert [e["tunnel_reused"] for e in mesh.access("node0")] == [False] * 3
+            assert all(e["decision"] == "allow" for e in mesh.access("node1"))
+            assert mesh.metric("node1", "lacewing_tunnel_refused_connections_total",
+                               listener="inbound", reason="bad_frame") == 0
+    asyncio.run(go())
+
+
 def test_connections_past_their_max_lifetime_are_not_reused(tmp_path):
     async def go():
         async with running_mesh(tmp_path, placements=PLACEMENTS, reuse=True,
