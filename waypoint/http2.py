@@ -91,7 +91,45 @@ class _Out:
             self.size += len(data)
 
 
-class H2Server:
+class _Endpoint:
+    """What both ends of an HTTP/2 connection share: bodies queued to send as flow control
+    allows (`_pending`, by stream id) and bodies handed out while still arriving (`_live`)."""
+
+    conn: h2.connection.H2Connection
+    _pending: dict[int, _Out]
+    _live: dict[int, Body]
+
+    def send(self, sid: int, data: bytes) -> None:
+        o = self._pending.get(sid)
+        if o is not None:
+            o.add(data)
+            flush(self.conn, self._pending)
+
+    def end(self, sid: int, trailers: list[tuple[str, str]] | None = None) -> None:
+        o = self._pending.get(sid)
+        if o is not None:
+            o.trailers, o.end = trailers or None, True
+            flush(self.conn, self._pending)
+
+    def unsent(self, sid: int) -> int | None:
+        """Bytes queued for the stream and not yet sent (flow control); None: none queued."""
+        o = self._pending.get(sid)
+        return None if o is None else o.size
+
+    def _ack(self, sid: int, n: int) -> None:
+        try:
+            self.conn.acknowledge_received_data(n, sid)
+        except (h2.exceptions.ProtocolError, KeyError):
+            pass
+
+    def fail_all(self, reason: str) -> None:
+        """The connection is gone: every body still arriving fails."""
+        live, self._live = self._live, {}
+        for body in live.values():
+            body.fail(reason)
+
+
+class H2Server(_Endpoint):
     def __init__(self, *, max_concurrent: int = 100, max_head: int = 65536,
                  max_body: int | None = None, max_resets: int = 200,
                  reset_window_s: float = 1.0, retain: int = RETRY_BUFFER_BYTES,
@@ -230,18 +268,6 @@ class H2Server:
         if body is not None:
             body.end(trailers)
 
-    def _ack(self, sid: int, n: int) -> None:
-        try:
-            self.conn.acknowledge_received_data(n, sid)
-        except (h2.exceptions.ProtocolError, KeyError):
-            pass
-
-    def fail_all(self, reason: str) -> None:
-        """The connection is gone: every request body still arriving fails."""
-        live, self._live = self._live, {}
-        for body in live.values():
-            body.fail(reason)
-
     def abandon(self, stream_id: int) -> None:
         """The answer is complete while the client is still sending: stop the stream
         (RST_STREAM NO_ERROR, RFC 9113 §8.1) and give back the window of what it sent."""
@@ -308,23 +334,6 @@ class H2Server:
         self._pending[stream_id] = _Out()
         return True
 
-    def send(self, stream_id: int, data: bytes) -> None:
-        o = self._pending.get(stream_id)
-        if o is not None:
-            o.add(data)
-            self._flush()
-
-    def end(self, stream_id: int, trailers: list[tuple[str, str]] | None = None) -> None:
-        o = self._pending.get(stream_id)
-        if o is not None:
-            o.trailers, o.end = trailers or None, True
-            self._flush()
-
-    def unsent(self, stream_id: int) -> int | None:
-        """Bytes queued for the stream and not yet sent (flow control); None: stream gone."""
-        o = self._pending.get(stream_id)
-        return None if o is None else o.size
-
     def live(self, stream_id: int) -> bool:
         return stream_id in self._pending
 
@@ -382,7 +391,7 @@ class ResponseReady:
     stream: Body | None = None         # the body, when it was still arriving (streaming)
 
 
-class H2Client:
+class H2Client(_Endpoint):
     """The upstream side: requests as streams on one connection (their bodies whole, or
     streamed with `send`/`end`); responses back whole when they end within one read, else as
     soon as their headers are in, the body following in a `Body` (acknowledged to the server
@@ -420,23 +429,6 @@ class H2Client:
             flush(self.conn, self._pending)
         return sid
 
-    def send(self, sid: int, data: bytes) -> None:
-        o = self._pending.get(sid)
-        if o is not None:
-            o.add(data)
-            flush(self.conn, self._pending)
-
-    def end(self, sid: int, trailers: list[tuple[str, str]] | None = None) -> None:
-        o = self._pending.get(sid)
-        if o is not None:
-            o.trailers, o.end = trailers or None, True
-            flush(self.conn, self._pending)
-
-    def unsent(self, sid: int) -> int | None:
-        """Request bytes queued and not yet sent (flow control); None: nothing queued."""
-        o = self._pending.get(sid)
-        return None if o is None else o.size
-
     def cancel(self, sid: int) -> None:
         self._streams.pop(sid, None)
         self._pending.pop(sid, None)
@@ -448,17 +440,6 @@ class H2Client:
             self.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             pass
-
-    def _ack(self, sid: int, n: int) -> None:
-        try:
-            self.conn.acknowledge_received_data(n, sid)
-        except (h2.exceptions.ProtocolError, KeyError):
-            pass
-
-    def fail_all(self, reason: str) -> None:
-        for body in self._live.values():
-            body.fail(reason)
-        self._live.clear()
 
     def feed(self, data: bytes) -> list[ResponseReady | int]:
         """Responses (whole, or with `stream`), and the ids (ints) of streams the server
