@@ -474,28 +474,13 @@ class Tunnel:
                                                          wire.Address(src[0], src[1]))))
         if down.buffer:
             upside.send(down.take())
-        reader = wire.ReplyReader()
-        async with asyncio.timeout(self.config.handshake_timeout + self.config.connect_timeout):
-            while True:
-                await upside.wait_data()
-                got = reader.feed(upside.take()) if upside.buffer else None
-                if got is not None:
-                    break
-                if upside.eof or upside.lost:
-                    raise ConnectionResetError("the peer tunnel closed before replying")
-        status, why, rest = got
+        got = await self._reply(upside)
+        if got is None:
+            raise ConnectionResetError("the peer tunnel closed before replying")
         if req.kind == outbound.TUNNEL:         # unframed (reuse off): always a new one
             self.telemetry.tunnel_connections.labels("client", "new").inc()
-        if self.config.resumption and not upside.tls.resumed:
-            # a full handshake: keep its ticket (reading `session` costs; resumed ones keep
-            # the ticket they used, which stays valid)
-            key, ctx = upside.session_key
-            self.contexts.remember(key, upside.tls.obj.session, ctx)
-        if status != wire.OK:
-            upside.close()
-            self._refuse("outbound", rec, down,
-                         f"peer_{wire.STATUS_NAMES.get(status, 'unknown')}",
-                         f"destination tunnel refused: {why}")
+        rest = self._replied(rec, down, upside, got, new_tls=True)
+        if rest is None:
             return
         upside.received = len(rest) + upside.buffered   # application bytes only
         if rest:
@@ -549,15 +534,8 @@ class Tunnel:
                 return
         self.telemetry.tunnel_connections.labels("client",
                                                  "reused" if reused else "new").inc()
-        status, why, rest = got
-        if self.config.resumption and not reused and not upside.tls.resumed:
-            k, c = upside.session_key
-            self.contexts.remember(k, upside.tls.obj.session, c)
-        if status != wire.OK:
-            upside.close()
-            self._refuse("outbound", rec, down,
-                         f"peer_{wire.STATUS_NAMES.get(status, 'unknown')}",
-                         f"destination tunnel refused: {why}")
+        rest = self._replied(rec, down, upside, got, new_tls=not reused)
+        if rest is None:
             return
         if rest:
             upside.buffer.insert(0, rest)
@@ -567,6 +545,24 @@ class Tunnel:
                 side.close()        # bytes after the server's FIN, draining, or enough idle
 
         self._relay_framed(rec, down, upside, tun=upside, on_release=release)
+
+    def _replied(self, rec: ConnRecord, down: Side, upside: Side, got: tuple[int, str, bytes],
+                 *, new_tls: bool) -> bytes | None:
+        """After the peer tunnel's reply `got`: a new TLS connection that took a full handshake
+        leaves its ticket for resumption (reading `session` costs; resumed ones keep the ticket
+        they used, which stays valid); a refusal is passed on to the client. Returns the bytes
+        that followed the reply, or None when refused."""
+        status, why, rest = got
+        if self.config.resumption and new_tls and not upside.tls.resumed:
+            key, ctx = upside.session_key
+            self.contexts.remember(key, upside.tls.obj.session, ctx)
+        if status != wire.OK:
+            upside.close()
+            self._refuse("outbound", rec, down,
+                         f"peer_{wire.STATUS_NAMES.get(status, 'unknown')}",
+                         f"destination tunnel refused: {why}")
+            return None
+        return rest
 
     async def _reply(self, upside: Side) -> tuple[int, str, bytes] | None:
         """The peer tunnel's reply; None if the connection ended before any byte of it."""

@@ -77,6 +77,11 @@ class ConnRecord:
     spare_cookie: int = 0               # a record to drop with it (the other socket's)
     bytes_source: str = "userspace"     # kernel | userspace
 
+    @property
+    def reported(self) -> bool:
+        """In the istio_* series (a connection relayed for another node is only logged)."""
+        return self.kind != "service_relay"
+
     def labels(self) -> dict[str, str]:
         sw_ns, _, sw = (self.src_workload or "unknown/unknown").partition("/")
         dw_ns, _, dw = (self.dst_workload or "unknown/unknown").partition("/")
@@ -177,7 +182,7 @@ class Telemetry:
         tunnel opened (relay.Side objects), so the kernel's record can be found."""
         rec.opened = True
         rec.label_values = tuple(rec.labels()[k] for k in LABELS)
-        if rec.kind != "service_relay":
+        if rec.reported:
             self._child(self.opened_total, rec.label_values).inc()
         self._child(self.active, (rec.listener,)).inc()
         if self._flows is not None and down is not None and up is not None:
@@ -212,7 +217,7 @@ class Telemetry:
         # counters only grow: a count that went back (the record vanished and user space
         # counted less) adds nothing
         ds, dr = rec.sent - rec.counted_sent, rec.received - rec.counted_received
-        if (ds > 0 or dr > 0) and rec.kind != "service_relay":
+        if (ds > 0 or dr > 0) and rec.reported:
             values = rec.label_values or tuple(rec.labels()[k] for k in LABELS)
             if ds > 0:
                 self._child(self.received_bytes, values).inc(ds)
@@ -224,7 +229,7 @@ class Telemetry:
     def closed(self, rec: ConnRecord) -> None:
         rec.t_end = time.monotonic()
         if rec.opened:
-            if rec.kind != "service_relay":
+            if rec.reported:
                 self._child(self.closed_total, rec.label_values).inc()
             self._child(self.active, (rec.listener,)).dec()
             fb = self._read_kernel(rec)
