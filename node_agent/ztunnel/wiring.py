@@ -13,8 +13,8 @@ Before: a `node_agent.agent.NodeAgent` (its hooks: `subscribe(fn)`, `registry`, 
   captured, so the tunnel already knows a pod when its first SYN is captured; then
   `Datapath.set_services` with the Service VIPs that have an enrolled endpoint on this node
   (`state.service_capture`), which unenrolled pods' connections must not reach through DNAT.
-  The datapath is installed with the first snapshot that enrolls a pod of this node (a node with no mesh pod
-  never loads eBPF programs); each time it is installed or adopted, the tunnel's listening
+  The datapath is installed with the first snapshot that enrolls a pod of this node (a node
+  with no mesh pod never loads eBPF programs); each time it is installed or adopted, the tunnel's listening
   sockets are registered with it (`Datapath.register_listeners`), which the capture needs for a
   pod that reuses a source port while the tunnel's side of the old connection is in TIME_WAIT;
 - on stop the tunnel drains; the capture stays in the kernel, so that a restarting agent adopts
@@ -233,7 +233,6 @@ class Dataplane:
         # Service VIPs with an enrolled endpoint here: captured before the node's DNAT
         vips = service_capture(snap)
         self.datapath.set_services(vips=vips.vips, backends=vips.backends)
-
 
     # ------------------------------------------------------------------ kernel byte counts
     def _attach_flow_reader(self, dp) -> None:
