@@ -1,11 +1,12 @@
 """`python -m waypoint`: run a waypoint as its own process.
 
 Before: a bootstrap file (`waypoint.bootstrap`: mesh resources + a `WaypointServices`
-document) — until the xDS client lands, this is how local mode and the performance suite
-give a waypoint its snapshot — and optionally the waypoint's SVID (`--cert/--key/--trust-bundle`,
-or `--ca-dir` to issue one). With an SVID the listener is the waypoint's tunnel port: node
-tunnels connect with mutual TLS and the tunnel header (docs/tunnel.md), and enrolled endpoints
-are reached through their nodes' tunnels. After: the
+document), or the control plane over xDS (`--xds` with the node credential, `--credentials`);
+and the waypoint's SVID: fixed files (`--cert/--key/--trust-bundle`), or issued and renewed at
+half-life (`waypoint/renewal.py`) from a CA directory (`--ca-dir`) or, with `--xds`, from the
+control plane's CA with the node credential. With an SVID the listener is the waypoint's
+tunnel port: node tunnels connect with mutual TLS and the tunnel header (docs/tunnel.md), and
+enrolled endpoints are reached through their nodes' tunnels. After: the
 proxy serves on `--listen` until SIGTERM/SIGINT, metrics on `--metrics` (`/metrics`,
 `/healthz/ready`); SIGHUP re-reads the bootstrap file (a new snapshot, applied atomically).
 Prints `listening on HOST:PORT` once ready.
@@ -61,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", type=Path, help="PEM private key")
     p.add_argument("--trust-bundle", type=Path, help="PEM roots that client certificates chain to")
     p.add_argument("--ca-dir", type=Path,
-                   help="issue the waypoint's own SVID from this CA directory (local mode and "
-                   "standalone runs, as the node tunnel's --ca-dir); enables mutual TLS")
+                   help="issue (and renew) the waypoint's own SVID from this CA directory "
+                   "(local mode and standalone runs, as the node tunnel's --ca-dir); enables "
+                   "mutual TLS. With --xds and neither this nor --cert, the SVID comes from "
+                   "the control plane's CA (--credentials)")
+    p.add_argument("--svid-ttl", type=int, default=0, metavar="SECONDS",
+                   help="lifetime to ask for the waypoint's SVID (default 0: the CA's, 24 h); "
+                   "it is renewed at half of it")
     p.add_argument("--source-ip", default=None,
                    help="the waypoint's address, sent as the source to node tunnels "
                    "(default $POD_IP, else the --listen host)")
@@ -101,26 +107,37 @@ def main(argv: list[str] | None = None) -> int:
     ssl_ctx = None
     tunnels = None
     creds = None
-    issued = None
+    rotation = None
+    ca_client = None
     if args.cert or args.key or args.trust_bundle:
         if not (args.cert and args.key and args.trust_bundle):
             print("error: mutual TLS needs --cert, --key and --trust-bundle together",
                   file=sys.stderr)
             return 2
         creds = (args.cert.read_bytes(), args.key.read_bytes(), args.trust_bundle.read_bytes())
-    elif args.ca_dir:
-        from control.ca.authority import CertificateAuthority
-        from control.ca.spiffe_id import parse_workload
+    elif args.ca_dir or args.xds:
+        from waypoint import renewal
 
-        ca = CertificateAuthority.load_or_generate(args.ca_dir)
-        wid = parse_workload(snap.waypoint.identity)
+        if args.ca_dir:
+            from control.ca.authority import CertificateAuthority
 
-        def issue():
-            key, chain = ca.issue_with_new_key(wid)
-            return (b"".join(chain.cert_chain), key, b"".join(chain.trust_bundle)), chain
+            try:   # the first start of a standalone waypoint may make the root
+                CertificateAuthority.load_or_generate(args.ca_dir)
+            except Exception as e:  # noqa: BLE001 - one clear line for the operator
+                print(f"error: cannot use the CA in {args.ca_dir}: {e}", file=sys.stderr)
+                return 2
+            source = renewal.ca_dir_source(args.ca_dir, snap.waypoint.identity,
+                                           ttl=args.svid_ttl)
+        else:
+            from node_agent.agent import ca_target
+            from node_agent.certs.ca_client import GrpcCaClient
 
-        creds, issued = issue()
-    if creds is not None:
+            ca_client = GrpcCaClient.from_node_credential(ca_target(args.xds.split(",")),
+                                                          args.credentials)
+            source = renewal.ca_client_source(ca_client, snap.waypoint.identity,
+                                              ttl=args.svid_ttl)
+        rotation = renewal.SvidRotation(source)
+    if creds is not None or rotation is not None:
         # Mutual TLS means node tunnels: they start each connection with the tunnel header,
         # and enrolled endpoints are reached through their own node's tunnel.
         import os
@@ -128,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         from waypoint.proxy import Tunnels
         from waypoint.tls import client_context, server_context
 
-        ssl_ctx = server_context(*creds)
-        source = args.source_ip or os.environ.get("POD_IP") or args.listen[0]
-        tunnels = Tunnels(client_context=client_context(*creds), source_ip=source)
+        source_ip = args.source_ip or os.environ.get("POD_IP") or args.listen[0]
+        if creds is not None:
+            ssl_ctx = server_context(*creds)
+            tunnels = Tunnels(client_context=client_context(*creds), source_ip=source_ip)
+        else:   # contexts come with the first certificate (`renewal.attach`)
+            tunnels = Tunnels(client_context=None, source_ip=source_ip)  # type: ignore[arg-type]
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     wp = Waypoint(snap, default_service=args.default_service, tunnels=tunnels,
@@ -151,41 +171,37 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - keep serving the last good snapshot
             print(f"reload failed, keeping the last snapshot: {e}", file=sys.stderr, flush=True)
 
-    async def renew() -> None:
-        """Reissue the SVID at half its life and put it into both contexts in place."""
-        import time
+    async def first_certificate() -> bool:
+        """Wait for the waypoint's first SVID (the CA may not be up yet) or for a stop."""
+        from waypoint import renewal
 
-        from waypoint.tls import reload
-
-        nonlocal issued
-        while True:
-            half = issued.not_before + (issued.not_after - issued.not_before) / 2
-            await asyncio.sleep(max(1.0, half - time.time()))
-            try:
-                new, issued_now = issue()
-            except Exception as exc:  # noqa: BLE001 - keep the current one, try again soon
-                print(f"SVID renewal failed, retrying in 60s: {exc}", file=sys.stderr, flush=True)
-                await asyncio.sleep(60)
-                continue
-            reload(ssl_ctx, new[0], new[1])
-            reload(tunnels.client_context, new[0], new[1])
-            issued = issued_now
-            print(f"SVID renewed (serial {issued.serial})", flush=True)
+        got = loop.create_task(rotation.first())
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait({got, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not got.done():
+            got.cancel()
+            return False
+        server.ssl_context = rotation.server_context
+        renewal.attach(rotation, wp, tunnels)
+        return True
 
     async def run() -> None:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        renewer = None
+        if rotation is not None:
+            if not await first_certificate():
+                return
+            renewer = loop.create_task(rotation.run())
         try:
             await server.start()
         except OSError as e:
             print(f"error: cannot listen on {args.listen[0]}:{args.listen[1]}: {e.strerror}",
                   file=sys.stderr)
             raise SystemExit(1) from None
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload)
         follower = None
-        renewer = None
-        if args.ca_dir and ssl_ctx is not None:
-            renewer = loop.create_task(renew())
         if args.xds:
             from waypoint.control import follow
 
@@ -198,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             follower.cancel()
         if renewer is not None:
             renewer.cancel()
+        if ca_client is not None:
+            await ca_client.close()
         await server.stop()
 
     tune_gc()

@@ -949,11 +949,14 @@ class Waypoint:
             if tuple(key[0].split("/", 1)) not in live:
                 del self.buckets[key]
 
+    certificate = None   # the SVID's facts for the admin view (`renewal.attach` sets it)
+
     def describe(self) -> dict:
         """What this waypoint serves now (the admin view, `/debug/snapshot`)."""
         snap = self.config.snapshot
         return {
             "version": snap.version,
+            "certificate": self.certificate() if self.certificate is not None else None,
             "waypoint": {"namespace": snap.waypoint.namespace, "name": snap.waypoint.name,
                          "identity": snap.waypoint.identity},
             "services": {uid: {"vip": s.vip, "ports": [p.port for p in s.ports],
