@@ -20,6 +20,7 @@ ignore Upgrade); the hop-by-hop headers are never forwarded (`HOP_BY_HOP`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -61,7 +62,7 @@ class Request:
     version: str = "1.1"
     authority: str = ""
     stream: Body | None = None                # the body, when it was still arriving
-
+    expect_continue: bool = False             # streamed, and its sender waits for 100
 
     def header(self, name: str) -> str | None:
         for n, v in self.headers:
@@ -78,6 +79,27 @@ class Response:
     keep_alive: bool = True
     trailers: list[tuple[str, str]] = field(default_factory=list)
     stream: Body | None = None                # the body, when it was still arriving
+
+
+class ContinueBody(Body):
+    """The body of a request whose sender waits for `100 Continue` before sending it
+    (`Expect: 100-continue`). `on_wanted` is called once, the first time a reader asks for
+    the body: the proxy reads it only once the request has been authorized, routed and
+    admitted and is being sent upstream, so that is when the client is asked for it. A
+    request refused before never calls it (and gets its final answer without a 100)."""
+
+    __slots__ = ("on_wanted",)
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.on_wanted: Callable[[], None] | None = None
+
+    def read(self, pos: int) -> tuple[list[bytes], int]:
+        wanted = self.on_wanted
+        if wanted is not None:
+            self.on_wanted = None
+            wanted()
+        return Body.read(self, pos)
 
 
 class RequestReader:
@@ -106,6 +128,7 @@ class RequestReader:
         self._stream: Body | None = None
         self._trailers: list[tuple[str, str]] | None = None
         self._authority = ""
+        self._expect = False
 
     # httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -152,8 +175,8 @@ class RequestReader:
         if not hosts and self._parser.get_http_version() == "1.1":
             raise ProtocolError(400, "missing_host")
         self._authority = authority
-        if expect:
-            self.expect_continue = True  # the proxy answers 100 at once (and drops Expect)
+        if expect:   # the proxy sends 100 once it wants the body (`ContinueBody`)
+            self._expect = self.expect_continue = True
 
     def on_body(self, data: bytes) -> None:
         self._body_len += len(data)
@@ -190,6 +213,7 @@ class RequestReader:
             version=p.get_http_version(),
             authority=self._authority,
             stream=stream,
+            expect_continue=self._expect and stream is not None,
         )
 
     def _start_stream(self) -> None:
@@ -199,7 +223,8 @@ class RequestReader:
         for n, v in self._headers:
             if n == "content-length":
                 length = int(v)
-        body = self._stream = Body(retain=self.retain, length=length)
+        kind = ContinueBody if self._expect else Body
+        body = self._stream = kind(retain=self.retain, length=length)
         for chunk in self._body:
             body.feed(chunk)
         self._body = []

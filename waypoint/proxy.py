@@ -83,6 +83,7 @@ class Incoming:
     protocol: str = "http"             # "http", "http2" or "grpc" (metrics)
     service_target: tuple[str, int] | None = None  # (service uid, port) a tunnel named
     stream: Body | None = None         # the body, when it was still arriving (streaming)
+    resume: object = None              # the fast lane's first try (`fastlane.plans.Resume`)
 
 
 @dataclass(slots=True)
@@ -575,6 +576,7 @@ class ClusterState:
         self.in_flight: dict[str, int] = {}
         self.rng = rng
         self.outlier: OutlierDetector | None = None
+        self.lane = None     # the fast lane's side of this cluster (`fastlane.ClusterLane`)
         self._configure(cluster, now)
 
     def _configure(self, cluster: Cluster, now: float) -> None:
@@ -597,6 +599,8 @@ class ClusterState:
         self.by_address = {h.address: h for h in cluster.hosts}
         if self.outlier is not None:
             self.outlier.set_hosts(self.addresses)
+        if self.lane is not None:
+            self.lane.configure()
 
     def update(self, cluster: Cluster, now: float) -> None:
         if cluster != self.cluster:
@@ -606,6 +610,8 @@ class ClusterState:
         candidates = self.addresses
         if self.outlier is not None:
             candidates = self.outlier.usable(candidates, now)
+            if self.lane is not None and self.lane.ask_python:
+                self.lane.sync()      # a host may have returned
         address = self.balancer.pick(candidates, lambda a: self.in_flight.get(a, 0), avoid=avoid)
         return None if address is None else self.by_address[address]
 
@@ -617,6 +623,8 @@ class ClusterState:
                 if kind == "eject":
                     self.metrics.ejections.labels(self.cluster.name).inc()
             del self.outlier.events[:-100]
+            if self.lane is not None:
+                self.lane.sync()
 
     # --- connections --------------------------------------------------------------------
     def idle_connection(self, host: Host) -> UpstreamConn | None:
@@ -727,6 +735,8 @@ class ClusterState:
                 if not conn.closed:
                     conn.close()
                     return False  # its slot frees when it is closed; wait for that
+        if self.lane is not None:
+            self.lane.close_idle_one()   # (the same: a fast-lane connection's slot)
         return False
 
     def release(self, conn: UpstreamConn, *, reuse: bool) -> None:
@@ -760,6 +770,8 @@ class ClusterState:
         self.idle.clear()
         for c in list(self.h2conns.values()):
             c.close()
+        if self.lane is not None:
+            self.lane.close_all()
 
 
 # --- timeouts -------------------------------------------------------------------------------
@@ -920,6 +932,7 @@ class Waypoint:
         self._tasks: set[asyncio.Task] = set()
         self._targets: dict[str, Target] = {}   # raw request target → normalized
         self.deadlines = Deadlines()
+        self.lane_glue = None    # `fastlane.plans.Glue`, when a server runs the fast lane
         self.update(snapshot)
 
     def update(self, snapshot: WaypointSnapshot) -> None:
@@ -948,6 +961,8 @@ class Waypoint:
         for key in list(self.buckets):
             if tuple(key[0].split("/", 1)) not in live:
                 del self.buckets[key]
+        if self.lane_glue is not None:
+            self.lane_glue.clear()      # the fast lane's cached plans go with the snapshot
 
     certificate = None   # the SVID's facts for the admin view (`renewal.attach` sets it)
 
@@ -973,6 +988,7 @@ class Waypoint:
                 "ejected": [a for a in st.addresses if st.outlier and st.outlier.ejected(a)],
                 "connections": st.counters.connections, "requests": st.counters.requests,
                 "overflows": dict(st.counters.overflows)} for st in self.clusters.values()},
+            "fastLane": (self.lane_glue.describe() if self.lane_glue is not None else None),
         }
 
     def state_for(self, cluster: Cluster) -> ClusterState:
@@ -993,13 +1009,15 @@ class Waypoint:
 
     # -------------------------------------------------------------------------------------
     async def handle(self, rq: Incoming) -> Outgoing:
-        start = self.clock()
+        resume = rq.resume   # (the fast lane began this request: its start and span)
+        start = self.clock() if resume is None else resume.start
         headers = dict(rq.headers)
         if len(headers) != len(rq.headers):   # a repeated field: its values, comma-joined
             headers = {}
             for n, v in rq.headers:
                 headers[n] = f"{headers[n]}, {v}" if n in headers else v
-        span = self.tracing.start(f"{rq.method} {rq.authority}", headers)
+        span = self.tracing.start(f"{rq.method} {rq.authority}", headers) if (
+            resume is None or resume.span is None) else resume.span
         svc: Service | None = None
         host: Host | None = None
         try:
@@ -1139,34 +1157,10 @@ class Waypoint:
             timeout_s, policy, mirror, fault = None, retry.ISTIO_DEFAULT, None, None
             cluster = cfg.cluster(dest_svc, dest_port, subset)
         else:
-            # A route decision that draws no random number (one destination, no fault, no
-            # mirror) depends only on what the matches read: it is cached per those inputs.
-            names, by_query = inputs
-            rkey = (uid, port, rq.method, target.path, target.query if by_query else None,
-                    tuple(map(headers.get, names)) if names else ())
-            decided = self._decisions.get(rkey)
-            if decided is None:
-                view = RequestView(rq.method, rq.authority, target.path, target.query, headers)
-                selected = select_route(routes, view)
-                if selected is None:
-                    return svc, None, self._local(404, "NR")
-                route, match = selected
-                p = make_plan(route, match, view, self.rng)
-                namespace = cfg.route_owner[uid].namespace
-                dest_svc = cfg.service_by_fqdn(p.destination.host, namespace)
-                if dest_svc is None:
-                    return svc, None, self._local(503, "UH", body=b"no such destination service")
-                dest_port = p.destination.port.number if p.destination.port else (
-                    port if any(sp.port == port for sp in dest_svc.ports)
-                    else (dest_svc.ports[0].port if dest_svc.ports else port))
-                subset = p.destination.subset or ""
-                decided = (namespace, dest_svc, dest_port, subset, p.path, p.authority,
-                           p.request_ops, p.response_ops, p.timeout_s, p.retry, p.mirror,
-                           p.fault, cfg.cluster(dest_svc, dest_port, subset))
-                if len(route.route) == 1 and route.fault is None and route.mirror is None:
-                    if len(self._decisions) >= 10000:
-                        self._decisions.clear()
-                    self._decisions[rkey] = decided
+            decided = self._route_decision(uid, port, routes, inputs, rq.method, rq.authority,
+                                           target, headers)[0]
+            if isinstance(decided, Outgoing):
+                return svc, None, decided
             (namespace, dest_svc, dest_port, subset, path, authority, req_ops, resp_ops,
              timeout_s, policy, mirror, fault, cluster) = decided
             authority = authority or rq.authority
@@ -1182,7 +1176,8 @@ class Waypoint:
         for ops in req_ops:
             apply_header_ops(out_headers, ops)
         if "x-request-id" not in headers:
-            out_headers.append(("x-request-id", self.tracing.request_id()))
+            rid = rq.resume.request_id if rq.resume is not None else None
+            out_headers.append(("x-request-id", rid or self.tracing.request_id()))
         out_headers.append(("x-forwarded-proto", "https" if rq.principal else "http"))
         out_headers += Tracing.propagation_headers(span, headers)
         uri = f"{path}?{target.query}" if target.query else path
@@ -1195,6 +1190,46 @@ class Waypoint:
             apply_header_ops(out.headers, ops)
         out.headers += rl_headers
         return svc, host, out
+
+    def _route_decision(self, uid: str, port: int, routes, inputs, method: str,
+                        authority: str, target: Target, headers: dict
+                        ) -> tuple[tuple | Outgoing, bool]:
+        """Route, plan and destination for a request of a Service with routes (the Python
+        pipeline and the fast lane's plans use this): `(decided, deterministic)`, or
+        `(Outgoing, False)` for a local answer (404 NR, 503 UH).
+
+        A route decision that draws no random number (one destination, no fault, no
+        mirror) depends only on what the matches read: it is cached per those inputs."""
+        cfg = self.config
+        names, by_query = inputs
+        rkey = (uid, port, method, target.path, target.query if by_query else None,
+                tuple(map(headers.get, names)) if names else ())
+        decided = self._decisions.get(rkey)
+        if decided is not None:
+            return decided, True
+        view = RequestView(method, authority, target.path, target.query, headers)
+        selected = select_route(routes, view)
+        if selected is None:
+            return self._local(404, "NR"), False
+        route, match = selected
+        p = make_plan(route, match, view, self.rng)
+        namespace = cfg.route_owner[uid].namespace
+        dest_svc = cfg.service_by_fqdn(p.destination.host, namespace)
+        if dest_svc is None:
+            return self._local(503, "UH", body=b"no such destination service"), False
+        dest_port = p.destination.port.number if p.destination.port else (
+            port if any(sp.port == port for sp in dest_svc.ports)
+            else (dest_svc.ports[0].port if dest_svc.ports else port))
+        subset = p.destination.subset or ""
+        decided = (namespace, dest_svc, dest_port, subset, p.path, p.authority,
+                   p.request_ops, p.response_ops, p.timeout_s, p.retry, p.mirror,
+                   p.fault, cfg.cluster(dest_svc, dest_port, subset))
+        deterministic = len(route.route) == 1 and route.fault is None and route.mirror is None
+        if deterministic:
+            if len(self._decisions) >= 10000:
+                self._decisions.clear()
+            self._decisions[rkey] = decided
+        return decided, deterministic
 
     def _describe_service(self, svc: Service) -> tuple:
         cfg = self.config
@@ -1232,6 +1267,9 @@ class Waypoint:
         else:
             payload = http1.serialize_request(rq.method, uri, authority, headers, rq.body)
         head_only = rq.method == "HEAD"
+        resume = rq.resume    # the fast lane made the first try: it is the first outcome here
+        if resume is not None and timeout_s:
+            timeout_s = max(timeout_s - (self.clock() - resume.start), 1e-6)
         handed = False
         tried: list[str] = []
         host: Host | None = None
@@ -1243,7 +1281,7 @@ class Waypoint:
             if True:  # the route timeout covers everything below, retries and backoff included
                 while True:
                     now = self.clock()
-                    host = state.pick(now, tried)
+                    host = state.pick(now, tried) if resume is None else resume.host
                     if host is None:
                         return None, self._local(503, "UH")
                     wl_policies = self.config.authz_for_workload(host.workload)
@@ -1258,7 +1296,12 @@ class Waypoint:
                                     if policy.per_try_timeout_s else None)
                     try:
                         try:
-                            resp = await self._try(state, host, payload, head_only, stream)
+                            if resume is not None:
+                                first, resume = resume, None
+                                resp = await first.replay(self, state, host, payload,
+                                                          head_only, stream)
+                            else:
+                                resp = await self._try(state, host, payload, head_only, stream)
                         except asyncio.CancelledError:
                             if try_deadline is not None and self.deadlines.expired(try_deadline):
                                 raise TimeoutError from None
@@ -1513,6 +1556,9 @@ class Downstream(asyncio.Protocol):
         self.discarding = False                     # lingering before a close: input dropped
         self.h2_waiters: list[asyncio.Future] = []  # streams waiting for HTTP/2 windows
         self.header_reader = None
+        self.lane_ok = server.lane is not None   # HTTP/1.1 goes to the fast lane (once)
+        self.laned = None                        # the lane's protocol while it serves us
+        self.resume = None                       # a request it gave back, with its first try
         if server.tunnel_header:
             from node_agent.ztunnel import wire
 
@@ -1552,6 +1598,12 @@ class Downstream(asyncio.Protocol):
                                          or self.h2_tasks):
             self._arm(self.server.idle_timeout_s, "idle")  # busy, not idle
             return
+        laned = self.laned
+        if laned is not None and self.timer_why == "idle":   # the fast lane serves it
+            quiet = time.monotonic() - laned.last_active
+            if laned.state != 0 or quiet < self.server.idle_timeout_s:
+                self._arm(max(self.server.idle_timeout_s - quiet, 0.001), "idle")
+                return
         if self.timer_why == "slow" and self.h2 is None:
             self.metrics.protocol_error("http1", "slow_client")
             self.transport.write(http1.error_response(408, b"request timeout"))
@@ -1595,6 +1647,19 @@ class Downstream(asyncio.Protocol):
             await fut
         if self.closed:
             raise ConnectionResetError("client connection closed")
+
+    def _continue(self, req: http1.Request):
+        """`Expect: 100-continue`: ask for the body only when it is wanted upstream (the
+        request was authorized, routed and admitted: `http1.ContinueBody`). A request refused
+        before that gets its final answer alone, with `connection: close`, and what the client
+        sends after it is read and dropped until the connection closes (`_linger_close`), so
+        a body sent anyway is never parsed as a next request (RFC 9110 §10.1.1)."""
+        def wanted() -> None:
+            body = req.stream
+            if req.version == "1.1" and not self.closed and not self.discarding \
+                    and body is not None and body.size == 0 and not body.finished:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return wanted
 
     def _body_consumed(self, body: Body):
         def consumed(_n: int) -> None:
@@ -1682,14 +1747,11 @@ class Downstream(asyncio.Protocol):
                 self._start_h2()
                 self._h2_data(data)
                 return
+            if self.lane_ok:     # HTTP/1.1: the compiled fast lane takes the connection
+                self.server.lane.adopt(self, data)
+                return
         try:
             requests = self.reader.feed(data)
-            if self.reader.expect_continue:
-                self.reader.expect_continue = False
-                if not requests or (requests[-1].stream is not None
-                                    and not requests[-1].stream.finished):
-                    # the body is still to come: let the client send it
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         except http1.ProtocolError as e:
             self.metrics.protocol_error("http1", e.kind)
             self.reader.fail("malformed")
@@ -1701,6 +1763,8 @@ class Downstream(asyncio.Protocol):
             for r in requests:
                 if r.stream is not None:
                     r.stream.on_consumed = self._body_consumed(r.stream)
+                    if r.expect_continue:
+                        r.stream.on_wanted = self._continue(r)
             self.queue.extend(requests)
             if self.task is None:
                 self.task = self.loop.create_task(self._serve())
@@ -1743,9 +1807,10 @@ class Downstream(asyncio.Protocol):
                         self.transport.resume_reading()
                     except Exception:  # noqa: BLE001, S110 - closing: nothing to resume
                         pass
+                resume, self.resume = self.resume, None
                 out = await self.waypoint.handle(Incoming(
                     req.method, req.target, req.authority, req.headers, req.body,
-                    self.principal, self.source_ip, "http", self.target, req.stream))
+                    self.principal, self.source_ip, "http", self.target, req.stream, resume))
                 keep = req.keep_alive and not self.server.draining
                 if self.closed:
                     if out.stream is not None:
@@ -1971,7 +2036,7 @@ class WaypointServer:
                  metrics_host: str | None = None, max_head: int = 65536,
                  header_timeout_s: float = HEADER_TIMEOUT_S,
                  idle_timeout_s: float = IDLE_TIMEOUT_S, tunnel_header: bool = False,
-                 retry_buffer_bytes: int = RETRY_BUFFER_BYTES) -> None:
+                 retry_buffer_bytes: int = RETRY_BUFFER_BYTES, fast_lane: bool = True) -> None:
         self.tunnel_header = tunnel_header
         self.retry_buffer_bytes = retry_buffer_bytes
         self.header_timeout_s = header_timeout_s
@@ -1985,6 +2050,12 @@ class WaypointServer:
         self.connections: set[Downstream] = set()
         self.draining = False
         self._servers: list[asyncio.AbstractServer] = []
+        self.lane = None     # the compiled HTTP/1.1 fast lane (docs/waypoint.md "Fast lane")
+        from waypoint import fastlane
+        if fastlane.enabled(fast_lane):
+            from waypoint.fastlane import plans
+
+            self.lane = plans.Glue(waypoint, self).lane
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
