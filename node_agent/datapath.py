@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
+from node_agent import open_sockets
 from node_agent.bpf import attach, layout, listeners, pins, programs
 from node_agent.bpf.flows import (
     FlowReader,
@@ -414,12 +415,15 @@ class Datapath:
 
     def set_services(self, *, vips: Iterable[tuple[str, int]],
                      backends: Iterable[tuple[str, int]] = ()) -> None:
-        """Make `lw_vips` hold exactly these: `vips`, the (cluster IP, port) pairs of Services
-        with an enrolled endpoint on this node (unenrolled pods' connections to them are
-        captured before the node's DNAT and balanced by the tunnel's :15006), and `backends`,
-        the (endpoint IP, port) pairs the tunnel may dial for them keeping an unenrolled
-        client's address (their replies go to the tunnel's socket). Entries not listed are
-        removed, so a VIP that no longer qualifies stops being captured."""
+        """Make `lw_vips` hold these: `vips`, the (cluster IP, port) pairs of Services with an
+        enrolled endpoint on this node (unenrolled pods' connections to them are captured
+        before the node's DNAT and balanced by the tunnel's :15006), and `backends`, the
+        (endpoint IP, port) pairs the tunnel may dial for them keeping an unenrolled client's
+        address (their replies go to the tunnel's socket). An entry not listed stops being
+        captured: it is removed, or — while an open connection of the node still uses it (a
+        socket with the VIP as its local address, or the backend as its remote one) — kept
+        as draining (`VIP_DRAIN`: that connection's packets still reach the tunnel, no new
+        SYN is captured) until `retire_drained_services` finds it unused."""
         want: dict[bytes, int] = {}
         for ip, port in vips:
             key = layout.vip_key(ip, port)
@@ -428,13 +432,48 @@ class Datapath:
             key = layout.vip_key(ip, port)
             want[key] = want.get(key, 0) | layout.VIP_BACKEND
         m = self._map("lw_vips")
-        for k in list(m.keys()):
-            if k not in want:
+        have = {k: layout.U32.unpack(v)[0] for k, v in m.items()}
+        leaving = {k: f for k, f in have.items() if k not in want}
+        in_use = self._vips_in_use(leaving) if leaving else set()
+        for k, flags in leaving.items():
+            if k not in in_use:
                 m.delete(k)
+            elif not flags & layout.VIP_DRAIN:
+                m.update(k, layout.U32.pack(flags | layout.VIP_DRAIN))
         for k, flags in want.items():
-            value = layout.U32.pack(flags)
-            if m.lookup(k) != value:
-                m.update(k, value)
+            if have.get(k) != flags:
+                m.update(k, layout.U32.pack(flags))
+
+    def retire_drained_services(self) -> int:
+        """Remove the draining `lw_vips` entries no open connection uses any more; returns
+        how many went. Call it from the thread that calls `set_services` (one writer)."""
+        m = self._map("lw_vips")
+        draining = {k: f for k, f in ((k, layout.U32.unpack(v)[0]) for k, v in m.items())
+                    if f & layout.VIP_DRAIN}
+        if not draining:
+            return 0
+        in_use = self._vips_in_use(draining)
+        gone = [k for k in draining if k not in in_use]
+        for k in gone:
+            m.delete(k)
+        return len(gone)
+
+    def _vips_in_use(self, entries: Mapping[bytes, int]) -> set[bytes]:
+        """The keys of `entries` an open connection of the node uses. If the kernel cannot
+        be asked, all of them (keeping an entry a while longer costs nothing; dropping one
+        a connection uses breaks that connection)."""
+        try:
+            conns = open_sockets.connected(self.netns)
+        except OSError:
+            return set(entries)
+        used = set()
+        for k, flags in entries.items():
+            addr, port, _ = layout.VIP_KEY.unpack(k)
+            key = (socket.inet_ntoa(addr), int.from_bytes(port, "big"))
+            if (flags & layout.VIP_SERVICE and key in conns.local) or \
+                    (flags & layout.VIP_BACKEND and key in conns.remote):
+                used.add(k)
+        return used
 
     def services(self) -> dict[tuple[str, int], int]:
         """`lw_vips` as the kernel holds it: (address, port) -> VIP_* flags."""

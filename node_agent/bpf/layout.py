@@ -32,6 +32,7 @@ KIND_NAMES = {KIND_OUTBOUND: "outbound", KIND_INBOUND: "inbound", KIND_TUNNEL: "
 
 VIP_SERVICE = 1         # a Service VIP:port: unenrolled pods' SYNs to it go to 15006
 VIP_BACKEND = 2         # an endpoint the tunnel dials for such a connection: replies to its socket
+VIP_DRAIN = 4           # no longer qualifies; kept (no new capture) while open connections use it
 
 # slots of the lw_listeners sockmap: which of the tunnel's listeners (LW_LISTENER_*)
 LISTENER_SLOTS = {"outbound": 0, "inbound": 1, "tunnel": 2}

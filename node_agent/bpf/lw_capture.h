@@ -196,7 +196,9 @@ static __always_inline int lw_excluded(__u32 pod_id, __be16 port, __u8 dir)
  * No exclusion applies to a VIP. Not on the uplink: off-node traffic was DNATed by the
  * source node. Replies from an endpoint the tunnel dialled for such a connection
  * (LW_VIP_BACKEND: the tunnel keeps the client's address, so they are addressed to the
- * unenrolled client) go to the tunnel's socket. Everything else passes. */
+ * unenrolled client) go to the tunnel's socket. A draining entry (LW_VIP_DRAIN: it no longer
+ * qualifies, but open connections use it) keeps steering those connections' packets and
+ * captures no new SYN. Everything else passes. */
 static __always_inline int lw_steer_service(struct __sk_buff *skb, struct lw_pkt *p,
                                             __u32 src_pod, int looked_up)
 {
@@ -207,7 +209,7 @@ static __always_inline int lw_steer_service(struct __sk_buff *skb, struct lw_pkt
     if (flags && (*flags & LW_VIP_SERVICE)) {
         if (!looked_up && lw_assign_established(skb, p))
             return TC_ACT_OK;
-        if (!p->syn)
+        if (!p->syn || (*flags & LW_VIP_DRAIN))
             return TC_ACT_OK;
         __u32 zero = 0;
         struct lw_cfg *cfg = lw_cfg.lookup(&zero);

@@ -144,5 +144,9 @@ struct lw_vip_key {
                                      * node: unenrolled pods' SYNs to it go to 15006 */
 #define LW_VIP_BACKEND 2            /* endpoint ip:port the tunnel may dial keeping an unenrolled
                                      * client's address: its replies go to the tunnel's socket */
+#define LW_VIP_DRAIN 4              /* the entry no longer qualifies but connections the tunnel
+                                     * holds still use it: their packets still go to its
+                                     * sockets, no new connection is captured (the agent removes
+                                     * the entry once the last of them has closed) */
 
 #endif

@@ -23,7 +23,8 @@ from node_agent.datapath import Datapath, DatapathError
 
 def _vip_kind(flags: int) -> str:
     names = [n for bit, n in ((layout.VIP_SERVICE, "service VIP"),
-                              (layout.VIP_BACKEND, "backend")) if flags & bit]
+                              (layout.VIP_BACKEND, "backend"),
+                              (layout.VIP_DRAIN, "draining")) if flags & bit]
     return " + ".join(names) or f"flags {flags:#x}"
 
 

@@ -54,8 +54,12 @@ class ServiceCapture:
 def service_capture(snapshot: NodeSnapshot) -> ServiceCapture:
     """The (cluster IP, port) of every Service port with a ready, enrolled endpoint on this
     node — an unenrolled pod's connection to it could be DNATed to that pod behind the
-    capture's back, so the capture takes it first and :15006 balances it — and the other
-    endpoints of those ports, which the tunnel may then dial keeping the client's address."""
+    capture's back, so the capture takes it first and :15006 balances it — and the endpoints
+    of those ports, which the tunnel may then dial keeping the client's address. An enrolled
+    endpoint of this node is among them too: while it is enrolled its own program steers its
+    replies, but should it leave the mesh with such a connection open, its backend entry is
+    what still takes those replies to the tunnel's socket (the entry drains,
+    `Datapath.set_services`)."""
     vips, backends = set(), set()
     for service in snapshot.services.values():
         if not service.vip:
@@ -65,6 +69,5 @@ def service_capture(snapshot: NodeSnapshot) -> ServiceCapture:
             if not any(w.enrolled and w.node == snapshot.node for w, _ in ready):
                 continue
             vips.add((service.vip, sp.port))
-            backends.update((a.ip, a.port) for w, a in ready
-                            if not (w.enrolled and w.node == snapshot.node))
+            backends.update((a.ip, a.port) for _, a in ready)
     return ServiceCapture(frozenset(vips), frozenset(backends))

@@ -21,7 +21,9 @@ Before: a `node_agent.agent.NodeAgent` (its hooks: `subscribe(fn)`, `registry`, 
   it without a gap (fail closed: captured SYNs find no listener and are dropped meanwhile);
 - once the datapath is there, the tunnel's telemetry reads its byte counts from the kernel's
   per-connection records (`Datapath.flow_reader()`, injected as `Telemetry.flows`), and a
-  reaper here deletes records of closed connections nobody consumed (`REAP_EVERY`).
+  reaper here deletes records of closed connections nobody consumed (`REAP_EVERY`);
+- at the same pace, Service VIPs kept draining for connections that were open when the VIP
+  stopped qualifying are retired once those connections have closed.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Dataplane:
         self._error: BaseException | None = None
         self._readers: list = []            # FlowReaders handed to the telemetry (closed at stop)
         self._reaper: asyncio.Task | None = None
+        self._datapath_turn = asyncio.Lock()   # `_sync` and the VIP retirement take turns
 
     # ------------------------------------------------------------------ the tunnel's thread
     def _run(self, agent_loop: asyncio.AbstractEventLoop) -> None:
@@ -178,7 +181,8 @@ class Dataplane:
             try:
                 await self._in_tunnel(self.tunnel.update(snap))
                 if self.capture:
-                    await asyncio.get_running_loop().run_in_executor(None, self._sync, snap)
+                    async with self._datapath_turn:
+                        await asyncio.get_running_loop().run_in_executor(None, self._sync, snap)
             except Exception:  # noqa: BLE001 - keep following snapshots
                 log.exception("applying snapshot %s to the data path failed", snap.version)
 
@@ -247,12 +251,33 @@ class Dataplane:
         self.telemetry.flows = reader
         log.info("tunnel byte counts from the kernel's per-connection records (lw_flows)")
 
+    def _retire_drained_services(self) -> None:
+        """Service VIPs that stopped qualifying stay in lw_vips while open connections use
+        them (`Datapath.set_services`); once those have closed, the entries go. Runs in a
+        worker thread like `_sync`, never beside it (`_datapath_turn`): lw_vips has one
+        writer at a time."""
+        from node_agent.datapath import DatapathError
+        if self.datapath is None:
+            return
+        try:
+            n = self.datapath.retire_drained_services()
+        except (OSError, DatapathError) as exc:
+            log.warning("retiring drained Service VIPs failed: %s", exc)
+            return
+        except Exception:  # noqa: BLE001 - the sweep goes on at the next turn
+            log.exception("retiring drained Service VIPs failed")
+            return
+        if n:
+            log.info("%d drained Service VIP entries retired (their last connection closed)", n)
+
     async def _reap_flows(self) -> None:
         """Delete records of connections that closed long ago and were never read to the end
         (refused connections, those of a previous agent): the tunnel consumes the rest."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(REAP_EVERY)
+            async with self._datapath_turn:
+                await loop.run_in_executor(None, self._retire_drained_services)
             reader = self.telemetry.flows
             if reader is None:
                 continue

@@ -123,3 +123,20 @@ def test_leaving_the_map_ends_the_capture(loaded):
         assert prog_test_run(fds["inbound"], syn) == TC_ACT_OK
     finally:
         maps["lw_vips"].update(layout.vip_key(VIP, 80), layout.U32.pack(layout.VIP_SERVICE))
+
+
+def test_a_draining_vip_captures_no_new_connection(loaded):
+    """VIP_DRAIN: the entry stays for connections already open (their packets are assigned to
+    the tunnel's socket when it has one; none here, so they pass) and no SYN is captured."""
+    fds, maps = loaded
+    key = layout.vip_key(VIP, 80)
+    syn = frame(OTHER, VIP, 40002, 80)
+    maps["lw_vips"].update(key, layout.U32.pack(layout.VIP_SERVICE | layout.VIP_DRAIN))
+    try:
+        captured = stat(maps, "captured_service")
+        assert prog_test_run(fds["inbound"], syn) == TC_ACT_OK
+        assert prog_test_run(fds["inbound"], frame(OTHER, VIP, 40002, 80, ACK)) == TC_ACT_OK
+        assert stat(maps, "captured_service") == captured
+    finally:
+        maps["lw_vips"].update(key, layout.U32.pack(layout.VIP_SERVICE))
+    assert prog_test_run(fds["inbound"], syn) == TC_ACT_SHOT      # captured again

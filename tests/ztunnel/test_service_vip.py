@@ -57,14 +57,16 @@ def decide(st: NodeState, vip: str, port: int = 80, *, balancer: RoundRobin | No
 def test_capture_holds_vips_with_a_ready_enrolled_endpoint_on_this_node():
     cap = service_capture(state().snapshot)
     assert cap.vips == {(only_near.vip, 80), (mixed.vip, 80), (excluded.vip, 80)}
-    # the mixed Service's other endpoints: the tunnel may dial them with the client's address
-    assert cap.backends == {(far.ip, 8080), (legacy.ip, 8080)}
+    # their endpoints: the tunnel may dial them with the client's address (the enrolled ones
+    # of this node too: their entries take their replies to the tunnel should they leave)
+    assert cap.backends == {(near.ip, 8080), (far.ip, 8080), (legacy.ip, 8080),
+                            (opted_out.ip, 8080)}
 
 
 def test_capture_differs_per_node():
     cap = service_capture(NodeState.of(snapshot("node1", WORKLOADS, services=SERVICES)).snapshot)
     assert cap.vips == {(mixed.vip, 80), (remote.vip, 80)}
-    assert cap.backends == {(near.ip, 8080), (legacy.ip, 8080)}
+    assert cap.backends == {(near.ip, 8080), (far.ip, 8080), (legacy.ip, 8080)}
 
 
 def test_strict_refuses_through_the_vip():

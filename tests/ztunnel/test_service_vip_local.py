@@ -108,9 +108,10 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
     try:
         mesh.start()
         # node0's capture takes the VIPs of Services with an enrolled endpoint on node0, and
-        # knows their other endpoints (far on node1, odd unenrolled) the tunnel may dial
+        # knows their endpoints (near here, far on node1, odd unenrolled) the tunnel may dial
         want = {(vips["mesh/near"], 80): layout.VIP_SERVICE,
                 (vips["mesh/web"], 80): layout.VIP_SERVICE,
+                (pods["mesh/near"]["ip"], 8080): layout.VIP_BACKEND,
                 (pods["mesh/far"]["ip"], 8080): layout.VIP_BACKEND,
                 (pods["mesh/odd"]["ip"], 8080): layout.VIP_BACKEND}
         wait_for("node0's lw_vips", lambda: dp.services() == want)
