@@ -71,4 +71,7 @@ if ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
     say "linked Debian's BCC module into .venv"
 fi
 .venv/bin/python -c 'import bcc' || { echo "setup: BCC does not import from .venv" >&2; exit 1; }
+
+# 5. The waypoint's compiled fast lane (Cython), rebuilt only when its source changed.
+.venv/bin/python -m waypoint.fastlane.build >/dev/null || { echo "setup: building waypoint/fastlane failed" >&2; exit 1; }
 say "ready"

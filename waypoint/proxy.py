@@ -635,7 +635,20 @@ class ClusterState:
             conn = idle.pop()
             if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
                 return conn
-        return None
+        return self._from_lane(host) if self.lane is not None else None
+
+    def _from_lane(self, host: Host) -> UpstreamConn | None:
+        """An idle fast-lane connection to `host`, moved to the Python path (one pool of
+        connection slots for both)."""
+        got = self.lane.take_idle(host.address)
+        if got is None:
+            return None
+        transport, served = got
+        conn = UpstreamConn(self, host)
+        conn.connection_made(transport)
+        conn.served = served
+        transport.set_protocol(conn)
+        return conn
 
     async def acquire(self, host: Host) -> UpstreamConn:
         loop = asyncio.get_running_loop()
@@ -645,6 +658,10 @@ class ClusterState:
             while idle:
                 conn = idle.pop()
                 if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
+                    return conn
+            if self.lane is not None:
+                conn = self._from_lane(host)
+                if conn is not None:
                     return conn
             if counters.connections < counters.limits.max_connections:
                 counters.connections += 1

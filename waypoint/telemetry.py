@@ -34,6 +34,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from waypoint.fastlane import native as _native
+
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_principal",
     "source_app", "source_version", "destination_workload", "destination_workload_namespace",
@@ -47,7 +49,7 @@ SIZE_BUCKETS = tuple(float(10 ** i) for i in range(0, 9))
 MAX_SERIES = 50000  # label sets kept; beyond, new ones are counted as dropped
 
 
-class _RequestSeries:
+class _PySeries:
     """Counts for one label set: requests, and three histograms (duration, sizes)."""
 
     __slots__ = ("count", "dur_sum", "dur", "req_sum", "req", "resp_sum", "resp")
@@ -60,6 +62,20 @@ class _RequestSeries:
         self.req = [0] * (len(SIZE_BUCKETS) + 1)
         self.resp_sum = 0.0
         self.resp = [0] * (len(SIZE_BUCKETS) + 1)
+
+    def observe(self, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        self.count += 1
+        self.dur_sum += duration_ms
+        self.dur[bisect_left(DURATION_BUCKETS, duration_ms)] += 1
+        self.req_sum += request_bytes
+        self.req[bisect_left(SIZE_BUCKETS, request_bytes)] += 1
+        self.resp_sum += response_bytes
+        self.resp[bisect_left(SIZE_BUCKETS, response_bytes)] += 1
+
+
+# The series is the fast lane's native object when it is built (one object both paths add
+# to, the lane without Python calls); the same attributes and `observe` otherwise.
+_RequestSeries = _native.Series if _native is not None else _PySeries
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
@@ -139,13 +155,7 @@ class Metrics:
     @staticmethod
     def observe_series(s: _RequestSeries, duration_ms: float, request_bytes: int,
                        response_bytes: int) -> None:
-        s.count += 1
-        s.dur_sum += duration_ms
-        s.dur[bisect_left(DURATION_BUCKETS, duration_ms)] += 1
-        s.req_sum += request_bytes
-        s.req[bisect_left(SIZE_BUCKETS, request_bytes)] += 1
-        s.resp_sum += response_bytes
-        s.resp[bisect_left(SIZE_BUCKETS, response_bytes)] += 1
+        s.observe(duration_ms, request_bytes, response_bytes)
 
     def protocol_error(self, protocol: str, kind: str) -> None:
         self.protocol_errors.labels(protocol, kind).inc()
@@ -283,6 +293,14 @@ class Tracing:
                     tid, sid = self._hex.nonzero(32), self._hex.nonzero(16)
                 return LightSpan(tid, sid, None)
             return LightSpan(f"{parent[0]:032x}", self._hex.nonzero(16), parent[1])
+        return self._sdk_span(name, parent)
+
+    def start_sampled(self, name: str, headers: Mapping[str, str]):
+        """The SDK span of a request already known to be sampled (the fast lane drew
+        the sample or read the parent's flag): its parent from `traceparent`, if any."""
+        return self._sdk_span(name, _parent(headers) if "traceparent" in headers else None)
+
+    def _sdk_span(self, name: str, parent: tuple[int, int, bool] | None):
         ctx = None
         if parent is not None:
             sc = SpanContext(trace_id=parent[0], span_id=parent[1], is_remote=True,
