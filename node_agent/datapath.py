@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -46,6 +47,8 @@ EXCLUDE_OUTBOUND = "lacewing.dev/exclude-outbound-ports"
 EXCLUDE_INBOUND = "lacewing.dev/exclude-inbound-ports"
 SO_NETNS_COOKIE = 71
 
+
+log = logging.getLogger("lacewing.datapath")
 
 class DatapathError(RuntimeError):
     """Something the operator has to fix; the message says what."""
@@ -257,6 +260,54 @@ class Datapath:
         self._map("lw_cfg").update(layout.U32.pack(0), cfg)
         self._refresh_local_addresses()
         attach.routing_install(self._ip(), self.settings)
+        self._set_node_sysctls()
+
+    # Node-namespace settings the capture relies on (docs/datapath.md, "Node namespace
+    # settings"). tcp_early_demux: the tunnel's transparent sockets carry pods' addresses;
+    # with early demux on, a forwarded SYN (a pod that left the mesh, an excluded port) whose
+    # tuple matches one of them lingering in TIME_WAIT is delivered to it instead of routed
+    # on, and the pod waits a 1 s SYN retransmission.
+    NODE_SYSCTLS = {"net/ipv4/tcp_early_demux": "0"}
+
+    def _set_node_sysctls(self) -> None:
+        """Write NODE_SYSCTLS in the node's namespace (on a Kubernetes node: the host's),
+        logging each one it changes. Not restored by `uninstall`: they only turn off a
+        receive-path shortcut."""
+        if self.netns is not None:
+            _netns.pushns(self._netns_path())   # /proc/sys/net is the opener's namespace
+        try:
+            for key, want in self.NODE_SYSCTLS.items():
+                path = f"/proc/sys/{key}"
+                with open(path, "r+") as fh:
+                    have = fh.read().strip()
+                    if have != want:
+                        fh.seek(0)
+                        fh.write(want)
+                        log.info("datapath %s/%s: %s %s -> %s in the node's namespace",
+                                 self.cluster, self.node, key.replace("/", "."), have, want)
+        except OSError as e:
+            raise DatapathError(f"cannot set {key.replace('/', '.')}={want} in the node's "
+                                f"namespace: {e.strerror}") from None
+        finally:
+            if self.netns is not None:
+                _netns.popns()
+
+    def node_sysctls(self) -> dict[str, str]:
+        """NODE_SYSCTLS as the node's namespace has them now (for `status`)."""
+        if self.netns is not None:
+            _netns.pushns(self._netns_path())
+        try:
+            out = {}
+            for key in self.NODE_SYSCTLS:
+                try:
+                    with open(f"/proc/sys/{key}") as fh:
+                        out[key.replace("/", ".")] = fh.read().strip()
+                except OSError:
+                    out[key.replace("/", ".")] = "?"
+            return out
+        finally:
+            if self.netns is not None:
+                _netns.popns()
 
     def _attach_node(self) -> None:
         self.prepare_node()
@@ -547,6 +598,7 @@ class Datapath:
             if name:
                 out["tc"][link.get_attr("IFLA_IFNAME")] = name
         out["routing"] = attach.routing_present(ipr, self.settings)
+        out["sysctls"] = self.node_sysctls()
         try:
             fd = obj_get(pins.prog_path(self.cluster, self.node, "sockops"))
         except OSError as e:

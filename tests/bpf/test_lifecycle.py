@@ -80,6 +80,14 @@ def test_capture_survives_agent_restart_and_uninstall_leaves_nothing(small):
     assert first["status"]["tc"] == {"eth0": "lw_inbound", a.veth: "lw_pod_out",
                                      d.veth: "lw_inbound"}
     assert first["status"]["routing"] and first["status"]["sockops_attached"]
+    # the node namespace's TCP early demux is off (a forwarded SYN must not meet the tunnel's
+    # TIME_WAIT sockets), as the agent sets it, read by the kernel's own sysctl tool too
+    assert first["status"]["sysctls"] == {"net.ipv4.tcp_early_demux": "0"}
+    assert sh("ip", "netns", "exec", node_ns, "sysctl", "-n",
+              "net.ipv4.tcp_early_demux").strip() == "0"
+    outside = Datapath(small.cluster, "node1", netns=node_ns)
+    assert outside.node_sysctls() == {"net.ipv4.tcp_early_demux": "0"}
+    outside.close()
     # the sk_lookup program is attached to the node namespace through a pinned link, so it
     # outlives the agent process that attached it
     assert first["status"]["sk_lookup_attached"]
