@@ -4,7 +4,9 @@ Before: bytes from a downstream connection (`RequestReader.feed`) or an upstream
 (`ResponseReader.feed`). After: `Request`/`Response` objects with lower-case header names and
 the whole body when it arrived with the head (the common case), or — when the head is
 complete and the body is still arriving — with `stream`, a `streaming.Body` that the rest of
-the body goes into (then its end, with a chunked body's trailers); or a `ProtocolError`
+the body goes into (then its end, with a chunked body's trailers; a whole chunked request
+with trailers comes as a `stream` that has already ended with them, so that they are sent
+on); or a `ProtocolError`
 carrying the status to answer (the connection is then closed). `serialize_*_head`, `chunk`
 and `last_chunk` write a streamed message. The proxy does the I/O; nothing here touches a
 socket.
@@ -192,6 +194,12 @@ class RequestReader:
         if stream is not None:       # handed out already: its body is complete now
             stream.end(self._trailers)
             self._stream = None
+        elif self._trailers:         # whole, but with trailers: handed out as a body that
+            body = Body(retain=self.retain)    # has ended with them, so they are sent on
+            for chunk in self._body:           # (chunked upstream, or HTTP/2 trailers)
+                body.feed(chunk)
+            body.end(self._trailers)
+            self._ready.append(self._request(b"", body))
         else:                        # the whole request arrived together (the common case)
             p = self._parser
             body = self._body
@@ -213,7 +221,7 @@ class RequestReader:
             version=p.get_http_version(),
             authority=self._authority,
             stream=stream,
-            expect_continue=self._expect and stream is not None,
+            expect_continue=isinstance(stream, ContinueBody),
         )
 
     def _start_stream(self) -> None:
