@@ -10,8 +10,10 @@ completed — a figure that stays put on a noisy shared machine, where requests/
 
 Variants are `NAME=REV`: REV a git revision (its `waypoint/` is exported with `git archive`
 to a temporary directory that goes first on the waypoint's PYTHONPATH; everything else comes
-from the working tree), `.` for the working tree itself, or `haproxy` (HAProxy 2.6, one
-thread, the haproxy-http scenario's configuration) as the native-code reference. Rounds
+from the working tree; an exported revision has no built fast lane, so it runs its Python
+path), `.` for the working tree itself, `python` for the working tree with the compiled fast
+lane off (`LACEWING_WAYPOINT_FAST_LANE=0`), or `haproxy` (HAProxy 2.6, one thread, the
+haproxy-http scenario's configuration) as the native-code reference. Rounds
 alternate the variants (rotated order) and the medians are reported. `--profile S` records
 the first variant with py-spy for S seconds under the same load and prints where the time
 goes (leaf and inclusive). Results also go to perf/results/bench_waypoint-<UTC time>.json.
@@ -142,6 +144,8 @@ def start_proxy(v: Variant, work: Path, upstream: int) -> tuple[subprocess.Popen
                 "--listen", f"{HOST}:{port}", "--metrics", f"{HOST}:0",
                 "--default-service", "perf/server"]
         cwd = v.tree or ROOT
+        if v.rev == "python":
+            env["LACEWING_WAYPOINT_FAST_LANE"] = "0"
         if v.tree is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(v.tree), env.get("PYTHONPATH", "")])
     with open(log, "wb") as out:
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     nginx = None
     try:
         for v in variants:
-            if v.rev not in (".", "haproxy"):
+            if v.rev not in (".", "python", "haproxy"):
                 try:
                     v.tree = export(v.rev, work / f"tree-{v.name}")
                 except subprocess.CalledProcessError as e:
