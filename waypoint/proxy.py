@@ -1852,6 +1852,12 @@ class Downstream(asyncio.Protocol):
                 if not keep:
                     self._close()
                     return
+                if resume is not None and not self.queue and not self.reader.mid_request \
+                        and self.server.lane is not None and not self.discarding:
+                    # the fast lane gave this request back for its retries: the next ones
+                    # go to the lane again
+                    self.server.lane.adopt(self, b"")
+                    return
         finally:
             self.task = None
 

@@ -99,12 +99,13 @@ cdef enum:
     R_FAILURE
     R_ROUTE_TIMEOUT
     R_STALE
+    R_METHOD
     R_COUNT
 
 REASONS = ("grammar", "version", "host", "content_length", "transfer_encoding", "expect",
            "upgrade", "connection", "big_head", "big_body", "fields", "b3", "traceparent",
            "repeated_header", "no_plan", "pool", "no_host", "retry", "failure",
-           "route_timeout", "stale_connection")
+           "route_timeout", "stale_connection", "method")
 
 cdef enum:
     MAXH = 100
@@ -139,6 +140,21 @@ cdef inline bint ieq(const unsigned char *a, Py_ssize_t n, const char *lit, Py_s
     return True
 
 
+cdef inline bint _known_method(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """The methods llhttp knows that the lane forwards (others: Python judges)."""
+    if n == 3:
+        return memcmp(p, b"GET", 3) == 0 or memcmp(p, b"PUT", 3) == 0
+    if n == 4:
+        return memcmp(p, b"POST", 4) == 0 or memcmp(p, b"HEAD", 4) == 0
+    if n == 5:
+        return memcmp(p, b"PATCH", 5) == 0
+    if n == 6:
+        return memcmp(p, b"DELETE", 6) == 0
+    if n == 7:
+        return memcmp(p, b"OPTIONS", 7) == 0
+    return False
+
+
 cdef inline Py_ssize_t _need(Py_ssize_t n, Py_ssize_t max_head) noexcept nogil:
     return -(R_BIG_HEAD + 1) if n > max_head else 0
 
@@ -162,6 +178,8 @@ cdef Py_ssize_t scan_request(const unsigned char *p, Py_ssize_t n, Py_ssize_t ma
         return _need(n, max_head)
     if j == 0 or p[j] != 32:
         return -(R_GRAMMAR + 1)
+    if not _known_method(p, j):
+        return -(R_METHOD + 1)
     h.m1 = j
     j += 1
     if j == n:
