@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(default $POD_IP, else the --listen host)")
     p.add_argument("--trace-sample", type=float, default=0.01,
                    help="share of new traces sampled (default 0.01, Istio's)")
+    p.add_argument("--no-fast-lane", action="store_true",
+                   help="serve every request on the Python path (the compiled HTTP/1.1 fast "
+                   "lane is on by default when built; also LACEWING_WAYPOINT_FAST_LANE=0)")
     p.add_argument("--retry-buffer-bytes", type=int, default=1024 * 1024, metavar="N",
                    help="request body bytes kept for retries and mirroring (default 1 MiB, "
                    "Envoy's per-request buffer limit); a longer body streams on and is "
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                   sample_ratio=args.trace_sample))
     server = WaypointServer(wp, host=args.listen[0], port=args.listen[1], ssl_context=ssl_ctx,
                             metrics_host=args.metrics[0], metrics_port=args.metrics[1],
-                            tunnel_header=tunnels is not None,
+                            tunnel_header=tunnels is not None, fast_lane=not args.no_fast_lane,
                             retry_buffer_bytes=args.retry_buffer_bytes)
     stop = asyncio.Event()
 
