@@ -1576,6 +1576,7 @@ class Downstream(asyncio.Protocol):
         self.lane_ok = server.lane is not None   # HTTP/1.1 goes to the fast lane (once)
         self.laned = None                        # the lane's protocol while it serves us
         self.resume = None                       # a request it gave back, with its first try
+        self.lane_back = False                   # ... after which the lane takes us back
         if server.tunnel_header:
             from node_agent.ztunnel import wire
 
@@ -1852,10 +1853,11 @@ class Downstream(asyncio.Protocol):
                 if not keep:
                     self._close()
                     return
-                if resume is not None and not self.queue and not self.reader.mid_request \
-                        and self.server.lane is not None and not self.discarding:
-                    # the fast lane gave this request back for its retries: the next ones
-                    # go to the lane again
+                if self.lane_back and not self.queue and not self.reader.mid_request \
+                        and not self.discarding:
+                    # the fast lane gave this request back for a passing reason (its
+                    # retries, a pool limit): the next ones go to the lane again
+                    self.lane_back = False
                     self.server.lane.adopt(self, b"")
                     return
         finally:

@@ -169,6 +169,7 @@ cdef Py_ssize_t scan_request(const unsigned char *p, Py_ssize_t n, Py_ssize_t ma
     cdef long long v
     cdef Py_ssize_t k
     h.nh = 0
+    h.head_len = 0
     h.host = h.tp = h.ts = h.rid = -1
     h.clen = -1
     h.close = 0
@@ -988,7 +989,9 @@ cdef class LaneDown:
             r = scan_request(<const unsigned char *>self.inb.p, self.inb.len, self.lane.max_head,
                              &self.h)
             if r == 0:
-                if not self.partial:
+                if not self.partial and self.h.head_len == 0:
+                    # a head still arriving: the slow-client timer, as Python's reader
+                    # arms it (a body still arriving keeps the idle timer)
                     self.partial = True
                     self.down._arm(self.down.server.header_timeout_s, "slow")
                 return
@@ -1888,6 +1891,9 @@ cdef class LaneDown:
         self.inb.len = 0
         down.laned = None
         down.resume = resume
+        # a request given back for a passing reason: after Python answered it, the
+        # connection comes back to the lane (`Downstream._serve`)
+        down.lane_back = why in (R_POOL, R_NO_HOST) or resume is not None
         self.transport.set_protocol(down)
         self.partial = False
         try:
