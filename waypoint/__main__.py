@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                    "(default $POD_IP, else the --listen host)")
     p.add_argument("--trace-sample", type=float, default=0.01,
                    help="share of new traces sampled (default 0.01, Istio's)")
+    p.add_argument("--stream-idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="end a request whose stream moves no byte either way for this long: "
+                   "408 if nothing was answered yet, else a reset (Envoy's stream_idle_timeout, "
+                   "default 300; 0 turns it off)")
     p.add_argument("--no-fast-lane", action="store_true",
                    help="serve every request on the Python path (the compiled HTTP/1.1 fast "
                    "lane is on by default when built; also LACEWING_WAYPOINT_FAST_LANE=0)")
@@ -162,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     server = WaypointServer(wp, host=args.listen[0], port=args.listen[1], ssl_context=ssl_ctx,
                             metrics_host=args.metrics[0], metrics_port=args.metrics[1],
                             tunnel_header=tunnels is not None, fast_lane=not args.no_fast_lane,
-                            retry_buffer_bytes=args.retry_buffer_bytes)
+                            retry_buffer_bytes=args.retry_buffer_bytes,
+                            stream_idle_timeout_s=args.stream_idle_timeout)
     stop = asyncio.Event()
 
     def reload() -> None:

@@ -48,12 +48,14 @@ from waypoint.pool import PoolCounters, PoolLimits
 from waypoint.ratelimit import TokenBucket
 from waypoint.router import RequestView, apply_header_ops, select_route
 from waypoint.router import plan as make_plan
+from waypoint.stream_idle import StreamIdle
 from waypoint.streaming import HIGH_WATER_BYTES, RETRY_BUFFER_BYTES, Body
 from waypoint.telemetry import TRACE_HEADERS, Metrics, Tracing
 
 CONNECT_TIMEOUT_S = 5.0
 HEADER_TIMEOUT_S = 15.0       # a client has this long to finish a request it started
 IDLE_TIMEOUT_S = 300.0        # keep-alive connections idle this long are closed
+STREAM_IDLE_TIMEOUT_S = 300.0  # a stream with no byte either way this long ends (Envoy's)
 DROP_REQUEST_HEADERS = http1.HOP_BY_HOP | TRACE_HEADERS | {":method", ":path", ":scheme",
                                                             ":authority"}
 
@@ -97,6 +99,7 @@ class Outgoing:
     deadline: Deadline | None = None   # the route timeout, still running while it streams
     cleanup: list | None = None        # callables run with the final flags when it is over
     finish: tuple | None = None        # what `relay` needs to record metrics and the span
+    idle: StreamIdle | None = None     # the stream idle timeout, still watching while it streams
 
 
 async def wait_for_more(body: Body) -> None:
@@ -836,13 +839,14 @@ class Deadlines:
             heapq.heapify(self.heap)
             self.dead = 0
 
-    def arm(self, delay_s: float) -> Deadline:
+    def arm(self, delay_s: float, task=None) -> Deadline:
+        """Cancel `task` (default: the current one) in `delay_s`, unless disarmed first."""
         loop = self.loop
         if loop is None or loop.is_closed():
             # (Looked up once: in CPython 3.11 each lookup is a getpid() system call.)
             loop = self.loop = asyncio.get_running_loop()
         self.seq += 1
-        d = Deadline(loop.time() + delay_s, self.seq, asyncio.current_task(loop))
+        d = Deadline(loop.time() + delay_s, self.seq, task or asyncio.current_task(loop))
         heapq.heappush(self.heap, d)
         if d.when < self.armed_at:
             self._schedule(loop, d.when)
@@ -982,6 +986,7 @@ class Waypoint:
             self.lane_glue.clear()      # the fast lane's cached plans go with the snapshot
 
     certificate = None   # the SVID's facts for the admin view (`renewal.attach` sets it)
+    stream_idle_timeout_s = 0.0   # set by `WaypointServer` (Envoy's stream_idle_timeout)
 
     def describe(self) -> dict:
         """What this waypoint serves now (the admin view, `/debug/snapshot`)."""
@@ -1037,11 +1042,25 @@ class Waypoint:
             resume is None or resume.span is None) else resume.span
         svc: Service | None = None
         host: Host | None = None
+        idle = StreamIdle(self.deadlines, self.stream_idle_timeout_s, None, rq.stream).start() \
+            if self.stream_idle_timeout_s else None
         try:
             svc, host, out = await self._pipeline(rq, headers, span, start)
         except Exception as e:  # a bug must cost one request, never the connection
             out = Outgoing(500, [("content-type", "text/plain")],
                            f"waypoint error: {type(e).__name__}".encode(), "-")
+        except asyncio.CancelledError:
+            if idle is None or not idle.fired:
+                if idle is not None:
+                    idle.stop()
+                raise
+            idle.task.uncancel()       # no byte either way for the stream idle timeout
+            out = self._local(408, "SI", body=b"stream timeout")
+        if idle is not None:
+            if out.stream is not None:
+                out.idle, idle.response = idle, out.stream    # `relay` watches on
+            else:
+                idle.stop()
         if rq.protocol == "grpc" and out.status != 200 and (out.flags != "-" or host is None):
             out = grpc_local_reply(out)
         span.set_attribute("http.response.status_code", out.status)
@@ -1092,6 +1111,10 @@ class Waypoint:
             if out.deadline is not None and self.deadlines.expired(out.deadline):
                 out.flags = "UT"
                 sink.reset()
+            elif out.idle is not None and out.idle.fired:
+                out.idle.task.uncancel()   # no byte either way for the stream idle timeout
+                out.flags = "SI"
+                sink.reset()
             else:
                 out.flags = "DC"           # the client went away (or reset its stream)
                 raise
@@ -1103,6 +1126,8 @@ class Waypoint:
                 body.fail("cancelled")    # cancels the upstream stream / connection
             if out.deadline is not None:
                 self.deadlines.disarm(out.deadline)
+            if out.idle is not None:
+                out.idle.stop()
             for cb in out.cleanup or ():
                 cb(out.flags)
             if out.finish is not None:
@@ -1842,6 +1867,8 @@ class Downstream(asyncio.Protocol):
                         self.closed = True
                         return
                 else:
+                    if out.flags == "SI":
+                        keep = False   # 408 stream timeout: the connection closes (RFC 9110)
                     if req.stream is not None and not req.stream.finished:
                         keep = False   # answered before the body ended: no next request
                     self.transport.write(http1.serialize_response(
@@ -2061,8 +2088,10 @@ class WaypointServer:
                  metrics_host: str | None = None, max_head: int = 65536,
                  header_timeout_s: float = HEADER_TIMEOUT_S,
                  idle_timeout_s: float = IDLE_TIMEOUT_S, tunnel_header: bool = False,
-                 retry_buffer_bytes: int = RETRY_BUFFER_BYTES, fast_lane: bool = True) -> None:
+                 retry_buffer_bytes: int = RETRY_BUFFER_BYTES, fast_lane: bool = True,
+                 stream_idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S) -> None:
         self.tunnel_header = tunnel_header
+        waypoint.stream_idle_timeout_s = stream_idle_timeout_s  # 0: off
         self.retry_buffer_bytes = retry_buffer_bytes
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
