@@ -37,10 +37,14 @@ SCRIPTS: dict[str, object] = {
     "/keepalive-header": b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5"
                          b"\r\nContent-Length: 2\r\n\r\nok",
 }
-CLOSES = {"/close"}
+CLOSES = {"/close", "/stall"}
+STALLS = {"/stall": b"", "/stall-body": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf"}
 
 
 def script_for(path: str):
+    for prefix in sorted(STALLS, key=len, reverse=True):
+        if path.startswith(prefix):
+            return prefix, STALLS[prefix]
     for prefix in sorted(SCRIPTS, key=len, reverse=True):
         if path.startswith(prefix) or path.startswith("/api" + prefix) or \
                 path.startswith("/v2" + prefix):
@@ -117,6 +121,13 @@ class RecordingUpstream:
                 name, answer = script_for(path)
                 if self.fail_every and n % self.fail_every == 0:
                     answer = SCRIPTS["/503"]
+                if name in STALLS:             # answer (part), then nothing for a while
+                    c.sendall(answer)
+                    for _ in range(40):
+                        if self._stop:
+                            break
+                        time.sleep(0.05)
+                    return
                 if isinstance(answer, list):
                     for piece in answer:
                         c.sendall(piece)

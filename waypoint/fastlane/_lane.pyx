@@ -773,6 +773,7 @@ cdef class Lane:
     cdef public object server
     cdef public Py_ssize_t max_head
     cdef public double sample_ratio
+    cdef public double idle_s           # the stream idle timeout (0: none)
     cdef public object random
     cdef public object clock            # None: CLOCK_MONOTONIC (time.monotonic)
     cdef long long answered
@@ -889,6 +890,7 @@ cdef class LaneDown:
     cdef public double last_active
     cdef public double deadline        # earliest of the route and per-try deadlines
     cdef double route_deadline, try_deadline
+    cdef double active_at              # the last byte of this request's stream (idle timeout)
     cdef bytes prefix                  # the plan key's per-connection part
     cdef bint principal
     # the request in flight
@@ -1115,7 +1117,8 @@ cdef class LaneDown:
         self.payload = self.build_request()
         self.route_deadline = self.start + plan.timeout_s if plan.timeout_s > 0 else 1e300
         self.try_deadline = self.start + plan.per_try_s if plan.per_try_s > 0 else 1e300
-        self.set_deadline(min(self.route_deadline, self.try_deadline))
+        self.active_at = self.start
+        self.set_deadline(self.next_deadline())
         if up is None:
             counters.connections += 1
             self.state = ST_CONNECT
@@ -1272,6 +1275,8 @@ cdef class LaneDown:
         if up is not self.up:
             up.close()
             return
+        if self.lane.idle_s > 0:
+            self.active_at = monotonic()
         buf_add(&self.rb, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         self.up_started = True
         if self.state == ST_HEAD:
@@ -1390,7 +1395,7 @@ cdef class LaneDown:
             self.up_keep = 0
         # the per-try timeout ends at the response head
         self.try_deadline = 1e300
-        self.set_deadline(self.route_deadline)
+        self.set_deadline(self.next_deadline())
         head = PyBytes_FromStringAndSize(self.rb.p, hl)
         buf_consume(&self.rb, hl)
         retriable = plan.attempts > 0 and plan.retriable_status[status] == 49
@@ -1859,7 +1864,49 @@ cdef class LaneDown:
                 self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
             self.resume(R_FAILURE, "timeout", None)
             return
-        self.set_deadline(min(self.route_deadline, self.try_deadline))
+        if self.lane.idle_s > 0 and now >= self.active_at + self.lane.idle_s:
+            self.stream_idle()
+            return
+        self.set_deadline(self.next_deadline())
+
+    cdef double next_deadline(self):
+        cdef double d = min(self.route_deadline, self.try_deadline)
+        if self.lane.idle_s > 0:
+            d = min(d, self.active_at + self.lane.idle_s)
+        return d
+
+    cdef stream_idle(self):
+        """No byte either way for the stream idle timeout (`waypoint/stream_idle.py`): a 408
+        when nothing was answered yet, else the connection is reset; flag SI."""
+        cdef LaneUp up = self.up
+        cdef Series s
+        if self.state == ST_BODY and self.streaming:
+            self.release_up(False)
+            if up is not None:
+                up.abort()
+            self.finish(self.status, b"SI", self.sent)
+            self.closed = True
+            self.transport.abort()
+            return
+        self.release_up(False)
+        if up is not None:
+            up.abort()
+        elif self.state == ST_CONNECT:
+            a = self.cl.addresses[self.host]
+            self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
+        payload, series = self.lane.glue.stream_idle_answer(self.plan)
+        if series is not False:
+            s = <Series>series
+            s.add((self.lane.now() - self.start) * 1000.0,
+                  self.h.clen if self.h.clen > 0 else 0, 14)
+        if self.span is not None:
+            self.lane.glue.span_end(self.span, 408)
+            self.span = None
+        self.end_request()
+        self.lane.answered += 1
+        self.write(payload)
+        self.closed = True
+        self.transport.close()
 
     cdef client_gone(self):
         """The client closed while its request was in flight (Python: the task is

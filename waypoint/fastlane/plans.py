@@ -78,6 +78,7 @@ class Glue:
                                 random=tracing._random,
                                 clock=None if waypoint.clock is time.monotonic
                                 else waypoint.clock)
+        self.lane.idle_s = getattr(waypoint, "stream_idle_timeout_s", 0.0) or 0.0
         waypoint.lane_glue = self
         waypoint.metrics.registry.register(_LaneCollector(self.lane))
         self.clear()
@@ -231,6 +232,28 @@ class Glue:
             labels = wp._make_labels(rq, svc, host, out, "-")
             hit = wp._labels[key] = (labels, wp.metrics.series_for(labels))
         return hit[1] if hit[1] is not None else False
+
+    def stream_idle_answer(self, plan):
+        """What the Python path answers when a request's stream idles out before anything
+        was sent (408 SI, the connection closed), and its metric series: the pipeline was
+        cancelled, so the series names no Service or host."""
+        hit = plan.series.get("idle")
+        if hit is None:
+            from waypoint.proxy import Incoming
+
+            wp = self.wp
+            _, principal = plan.context
+            out = wp._local(408, "SI", body=b"stream timeout")
+            payload = http1.serialize_response(out.status, out.headers, out.body,
+                                               keep_alive=False)
+            rq = Incoming("", "", "", [], b"", principal, None, "http")
+            key = (principal, None, None, 408, "SI", "http", "-")
+            got = wp._labels.get(key)
+            if got is None:
+                got = wp._labels[key] = (labels := wp._make_labels(rq, None, None, out, "-"),
+                                         wp.metrics.series_for(labels))
+            hit = plan.series["idle"] = (payload, got[1] if got[1] is not None else False)
+        return hit
 
     # --- spans ----------------------------------------------------------------------------
     def span_start(self, down, fields):
