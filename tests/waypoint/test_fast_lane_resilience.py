@@ -263,3 +263,62 @@ def test_handover_after_lane_requests_keeps_the_byte_stream_in_order():
     assert paths == [b"/cl?a", b"/cl?b", b"/cl?c"]
     assert without_ids(up.requests[1]).count(b"x-b3-traceid: 80f198ee56343ba864fe8b2a57d3eff7") \
         or b"80f198ee56343ba864fe8b2a57d3eff7" in up.requests[1]
+
+
+def test_a_failing_host_is_ejected_through_the_lane_and_returns(backends, waypoint_for):
+    bad = backends(("v1", Behaviour(fail_rate=1.0)))
+    good = backends(("v1", Behaviour()))
+    wp = waypoint_for([service_dict(bad + good)], vs("""
+  - route: [{destination: {host: web}}]
+    retries: {attempts: 0}
+""") + """---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 2s,
+                       maxEjectionPercent: 100}
+""")
+    s = socket.create_connection(("127.0.0.1", wp.port), timeout=5)
+
+    def one() -> bytes:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        got = b""
+        while not got.endswith(b"}\n"):
+            got += s.recv(65536)
+        return got.split(b" ", 2)[1]
+
+    statuses = [one() for _ in range(20)]
+    assert statuses.count(b"503") == 3                   # then it is out
+    assert bad[0].server.requests_served == 3
+    snap = wp.call(wp.waypoint.describe)
+    assert any(c["ejected"] for c in snap["clusters"].values())
+    assert snap["fastLane"]["answered"] == 20
+    # back after baseEjectionTime, at an interval sweep
+    assert eventually(lambda: one() == b"503" or bad[0].server.requests_served > 3,
+                      timeout=6)
+    s.close()
+
+
+def test_the_lane_counter_is_exported_and_the_lane_can_be_turned_off(monkeypatch):
+    import urllib.request
+
+    up = RecordingUpstream()
+    try:
+        with WaypointThread(make_snapshot([raw_service(up.port)])) as wp:
+            get_raw(wp.port, "/cl")
+            get_raw(wp.port, "/a%zz")
+            text = urllib.request.urlopen(
+                f"http://127.0.0.1:{wp.metrics_port}/metrics", timeout=5).read().decode()
+        assert 'lacewing_waypoint_fast_lane_total{outcome="answered",reason=""} 1.0' in text
+        assert ('lacewing_waypoint_fast_lane_total{outcome="handed_over",reason="no_plan"} 1.0'
+                in text)
+        monkeypatch.setenv("LACEWING_WAYPOINT_FAST_LANE", "0")
+        with WaypointThread(make_snapshot([raw_service(up.port)])) as wp:
+            assert get_raw(wp.port, "/cl").startswith(b"HTTP/1.1 200 OK")
+            assert wp.server.lane is None and wp.call(wp.waypoint.describe)["fastLane"] is None
+    finally:
+        up.close()
