@@ -285,3 +285,65 @@ def test_an_expired_certificate_is_never_presented(tmp_path):
         assert rot.describe()["state"] == "expired"
     finally:
         peer.close()
+
+
+def test_the_waypoint_process_uses_the_control_planes_ca_and_rides_out_an_outage(tmp_path):
+    """`python -m waypoint --xds ... --credentials DIR` without --ca-dir: the SVID comes from
+    the control plane's CA (a CSR over gRPC with the node credential) and is renewed; while
+    the CA is away the process keeps serving its certificate, and renews once it is back.
+    (Only the CA runs here: the xDS follower keeps retrying, which does not matter.)"""
+    from control.ca.node_credentials import issue_node_credential
+    from tests.identity.helpers import Cluster
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    cluster = Cluster(tmp_path, placements={"n1": {("demo", "waypoint")}})
+    on_loop(cluster.start())
+    issue_node_credential(cluster.ca, "n1", tmp_path / "cred")
+    metrics = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "waypoint", "--xds", f"127.0.0.1:{cluster.port}",
+         "--credentials", str(tmp_path / "cred"), "--node", "n1", "--waypoint", "demo/waypoint",
+         "--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{metrics}", "--svid-ttl", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        ctx = client_for(cluster.ca)
+
+        def served() -> int:
+            return _handshake(ctx, port)
+
+        def snapshot() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/debug/snapshot",
+                                        timeout=5) as r:
+                return json.load(r)["certificate"]
+
+        first = served()
+        assert snapshot()["identity"] == WAYPOINT_ID
+        assert eventually(lambda: snapshot()["renewals"] >= 1, timeout=15)
+        renewed = served()
+        assert renewed != first and snapshot()["serial"] == format(renewed, "x")
+        on_loop(cluster.stop())                        # the CA goes away
+        assert eventually(lambda: snapshot()["failures"] >= 1, timeout=15)
+        assert served() == renewed                     # still serving what it has
+        assert snapshot()["state"] == "valid"
+        on_loop(cluster.start())                       # back, same port
+        assert eventually(lambda: snapshot()["renewals"] >= 2, timeout=20)
+        assert served() not in (first, renewed) and snapshot()["failures"] == 0
+        proc.terminate()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        on_loop(cluster.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
