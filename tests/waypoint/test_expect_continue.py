@@ -157,3 +157,25 @@ def test_http10_clients_never_get_100(setup):
         s.sendall(b"hello")
         data = read_all(s)
         assert data.startswith(b"HTTP/1.1 200") and b"100 Continue" not in data
+
+
+def test_100_for_an_http2_upstream_too(waypoint_for):
+    from tests.waypoint.test_request_trailers import H2Upstream
+
+    up = H2Upstream()
+    try:
+        svc = {"name": "web", "namespace": "demo", "ports": [{"port": 80,
+                                                              "appProtocol": "http2"}],
+               "endpoints": [{"name": "web-0", "ip": "127.0.0.1", "port": up.port,
+                              "labels": {"app": "web", "version": "v1"}}]}
+        wp = waypoint_for([svc])
+        with socket.create_connection(("127.0.0.1", wp.port), timeout=10) as s:
+            s.sendall(expecting("web", "/up"))
+            assert head_of(s) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(b"hello")
+            assert head_of(s).startswith(b"HTTP/1.1 200")
+        assert eventually(lambda: len(up.finished) == 1)
+        assert up.finished[0]["data"] == b"hello"
+        assert b"expect" not in [n for n, _ in up.finished[0]["headers"]]
+    finally:
+        up.close()
