@@ -87,14 +87,15 @@ class Upstream:
         self.sock.close()
 
 
-@pytest.fixture
-def setup(waypoint_for):
+@pytest.fixture(params=[False, True], ids=["python", "fast-lane"])
+def setup(request, waypoint_for):
     up = Upstream()
     svc = {"name": "web", "namespace": "demo", "ports": [{"port": 80}],
            "endpoints": [{"name": "web-0", "ip": "127.0.0.1", "port": up.port,
                           "labels": {"app": "web", "version": "v1"}}]}
-    # The Python path (the compiled fast lane keeps its own timers; docs/waypoint.md).
-    wp = waypoint_for([svc], stream_idle_timeout_s=TIMEOUT_S, fast_lane=False)
+    # The Python path, and the compiled fast lane where it is built (its own timers, the
+    # same answers; HTTP/2 and uploads always take the Python path).
+    wp = waypoint_for([svc], stream_idle_timeout_s=TIMEOUT_S, fast_lane=request.param)
     try:
         yield wp
     finally:
