@@ -50,12 +50,13 @@ DATAPLANE_LABEL = "lacewing.dev/dataplane-mode"
 
 
 def local_pod(namespace: str, name: str, *, node: str, python: str, control_plane: str,
-              credentials: str, ca_dir: str) -> list[dict[str, Any]]:
+              credentials: str) -> list[dict[str, Any]]:
     """Local mode: the waypoint as a pod of its namespace (ServiceAccount + Pod).
 
     The pod carries the instance label the control plane compiles waypoints from, is never
     captured itself (`dataplane-mode: none`), follows the control plane over xDS with its
-    node's credential, and issues its SVID from the cluster's CA directory."""
+    node's credential, and has its SVID issued (and renewed) by the control plane's CA with
+    that credential — the CA's key stays with the control plane."""
     check_name(namespace, "namespace")
     check_name(name, "waypoint name")
     return [
@@ -68,7 +69,7 @@ def local_pod(namespace: str, name: str, *, node: str, python: str, control_plan
                   "containers": [{"name": "waypoint", "command": [
                       python, "-m", "waypoint", "--xds", control_plane,
                       "--credentials", credentials, "--node", node,
-                      "--waypoint", f"{namespace}/{name}", "--ca-dir", ca_dir,
+                      "--waypoint", f"{namespace}/{name}",
                       "--listen", f"0.0.0.0:{TUNNEL_PORT}", "--metrics", "0.0.0.0:15020"],
                       "ports": [{"containerPort": TUNNEL_PORT}, {"containerPort": 15020}]}]}},
     ]

@@ -185,7 +185,7 @@ def _pod_docs(args, cluster) -> list:
     address = ((cluster.store.read_cluster() or {}).get("controlPlane") or {}).get("address", "")
     docs = local_pod(args.namespace, args.name, node=node, python=sys.executable,
                      control_plane=f"{address}:{CONTROL_PLANE_GRPC_PORT}",
-                     credentials=str(state / "nodes" / node), ca_dir=str(state / "ca"))
+                     credentials=str(state / "nodes" / node))
     return [_document(d) for d in docs]
 
 

@@ -101,6 +101,9 @@ def test_waypoint_apply_runs_a_pod_that_follows_the_control_plane(make_cluster, 
             break
         time.sleep(0.5)
     assert snap.get("waypoint", {}).get("identity") == "spiffe://cluster.local/ns/shop/sa/waypoint"
+    # its SVID came from the control plane's CA over gRPC (the pod is not given the CA's key)
+    cert = snap.get("certificate") or {}
+    assert cert.get("identity") == "spiffe://cluster.local/ns/shop/sa/waypoint", cert
     web = snap["services"]["shop/web"]
     assert web["endpoints"] == ["shop/web-v1"] and web["routes"] == 1, snap
     assert snap["virtualServices"] == ["shop/web"]
@@ -286,3 +289,12 @@ spec:
         assert seen == {"echo-0": 10, "echo-1": 10}
     finally:
         mesh.stop()
+
+
+def test_the_local_waypoint_pod_never_holds_the_ca_key():
+    from waypoint.manifest import local_pod
+
+    docs = local_pod("shop", "waypoint", node="node0", python="python3",
+                     control_plane="172.18.0.2:15012", credentials="/state/nodes/node0")
+    command = docs[1]["spec"]["containers"][0]["command"]
+    assert "--ca-dir" not in command and "--credentials" in command
