@@ -322,3 +322,33 @@ def test_the_lane_counter_is_exported_and_the_lane_can_be_turned_off(monkeypatch
             assert wp.server.lane is None and wp.call(wp.waypoint.describe)["fastLane"] is None
     finally:
         up.close()
+
+
+def test_mtls_clients_keep_their_own_principal_in_metrics_and_x_forwarded_proto(
+        tmp_path, backends, waypoint_for):
+    from control.ca.authority import CertificateAuthority
+    from control.ca.spiffe_id import workload_id
+    from waypoint.tls import client_context, server_context
+
+    ca = CertificateAuthority.load_or_generate(tmp_path / "ca")
+    bundle = b"".join(ca.trust_bundle)
+
+    def issue(sa: str):
+        key, chain = ca.issue_with_new_key(workload_id("demo", sa))
+        return b"".join(chain.cert_chain), key
+
+    up = RecordingUpstream()
+    try:
+        wp = waypoint_for([raw_service(up.port)], ssl_context=server_context(
+            *issue("waypoint"), bundle))
+        for sa in ("alice", "bob", "alice"):
+            status, _, _ = get(wp.port, "/cl", host="web", context=client_context(*issue(sa),
+                                                                                  bundle))
+            assert status == 200
+        assert all(b"x-forwarded-proto: https\r\n" in r for r in up.requests)
+        by_principal = {labels[3]: s.count for labels, s in wp.metrics.series.items()}
+        assert by_principal == {"cluster.local/ns/demo/sa/alice": 2,
+                                "cluster.local/ns/demo/sa/bob": 1}
+        assert lane_of(wp)["answered"] == 3
+    finally:
+        up.close()

@@ -531,7 +531,7 @@ cdef class Plan:
     cdef public bytes retriable_status  # 600 flags
     cdef public bint retry_connect, retry_reset, retry_timeout
     cdef public object context          # what `plans` needs back (svc, labels, ...)
-    cdef public dict series             # (host index, status, flags) → Series
+    cdef public dict series             # (host address, status, flags) → Series
     cdef public bint send_length        # POST/PUT/PATCH: content-length even when 0
 
     def __init__(self):
@@ -899,6 +899,8 @@ cdef class LaneDown:
     cdef ClusterLane cl
     cdef LaneUp up
     cdef int host
+    cdef object addr                   # its address, and the Host (indexes may change with
+    cdef object hostobj                # a snapshot while a request is in flight)
     cdef double start
     cdef bint keep, is_head, partial, counted_request
     cdef bytes payload
@@ -924,8 +926,9 @@ cdef class LaneDown:
         self.write = self.transport.write
         self.principal = down.principal is not None
         target = down.target
-        self.prefix = (f"{target[0]}:{target[1]}" if target is not None else "").encode(
-            "latin-1") + (b"|p|" if self.principal else b"|-|")
+        # (the principal itself: it is in the request's metric labels)
+        self.prefix = ((f"{target[0]}:{target[1]}" if target is not None else "")
+                       + f"|{down.principal or ''}|").encode("latin-1")
         self.last_active = monotonic()
         self.deadline = 1e300
 
@@ -1108,7 +1111,8 @@ cdef class LaneDown:
         self.plan = plan
         self.cl = cl
         self.host = host
-        a = cl.addresses[host]
+        a = self.addr = cl.addresses[host]
+        self.hostobj = cl.hosts[host]
         cl.in_flight[a] = cl.in_flight.get(a, 0) + 1
         self.is_head = h.m1 == 4 and memcmp(p, b"HEAD", 4) == 0
         self.keep = not h.close
@@ -1703,12 +1707,13 @@ cdef class LaneDown:
         if up is None:
             return
         up.down = None
-        a = cl.addresses[self.host] if self.host < len(cl.addresses) else None
-        if a is not None:
-            cl.in_flight[a] = cl.in_flight.get(a, 1) - 1
+        a = self.addr
+        cl.in_flight[a] = cl.in_flight.get(a, 1) - 1
+        i = cl.index.get(a)
         if reuse and not up.closed and not (cl.max_rpc and up.served >= cl.max_rpc) \
-                and up.host < len(cl.idle) and cl.hosts[up.host].address == a:
-            (<list>cl.idle[up.host]).append(up)
+                and i is not None:
+            up.host = i
+            (<list>cl.idle[i]).append(up)
             if cl.state.waiters:
                 cl.state._wake()
         else:
@@ -1719,20 +1724,19 @@ cdef class LaneDown:
         cdef ClusterLane cl = self.cl
         if cl.state.outlier is None:
             return
-        a = cl.addresses[self.host]
-        if (isinstance(outcome, int) and outcome < 500) and a not in cl.dirty:
+        if (isinstance(outcome, int) and outcome < 500) and self.addr not in cl.dirty:
             return
-        self.lane.glue.record(cl, self.host, outcome)
+        self.lane.glue.record(cl, self.hostobj, outcome)
 
     cdef void finish(self, int status, bytes flags, long long resp_bytes) except *:
         """Metrics, the span, the pool; then the next request."""
         cdef Plan plan = self.plan
         cdef double end = self.lane.now()
         cdef Series s
-        key = (self.host, status, flags)
+        key = (self.addr, status, flags)
         hit = plan.series.get(key)
         if hit is None:
-            hit = self.lane.glue.series(plan, self.host, status, flags.decode())
+            hit = self.lane.glue.series(plan, self.hostobj, status, flags.decode())
             plan.series[key] = hit
         if hit is not False:
             s = <Series>hit
@@ -1778,7 +1782,7 @@ cdef class LaneDown:
             self.release_up(False)
             up.abort()
         elif self.state == ST_CONNECT:
-            a = self.cl.addresses[self.host]
+            a = self.addr
             self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
         stale = outcome == "reset" and up is not None and not self.up_started and up.served > 1
         self.resume(R_STALE if stale else R_FAILURE, None if stale else outcome, None)
@@ -1792,7 +1796,7 @@ cdef class LaneDown:
         self.release_up(False)
         if up is not None:
             up.abort()
-        self.lane.glue.record(self.cl, self.host, "reset")
+        self.lane.glue.record(self.cl, self.hostobj, "reset")
         self.finish(self.status, b"UR", self.sent)
         self.closed = True
         self.transport.abort()        # a truncated body must not look complete
@@ -1801,7 +1805,7 @@ cdef class LaneDown:
         """The upstream connection closed while it served this request."""
         if self.state == ST_HEAD:
             self.up = None
-            a = self.cl.addresses[self.host]
+            a = self.addr
             self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
             stale = not self.up_started and up.served > 1
             self.resume(R_STALE if stale else R_FAILURE, None if stale else "reset", None)
@@ -1809,7 +1813,7 @@ cdef class LaneDown:
             self.up_keep = 0
             if self.state == ST_BODY and self.streaming:
                 self.up = None
-                a = self.cl.addresses[self.host]
+                a = self.addr
                 self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
                 self.complete()
             else:
@@ -1826,7 +1830,7 @@ cdef class LaneDown:
 
     cdef resume(self, int why, object outcome, object response):
         """Hand the request (not answered yet) and the rest of the connection to Python."""
-        r = self.lane.glue.resume(self.cl, self.host, outcome, response, self.start, self.span,
+        r = self.lane.glue.resume(self.cl, self.hostobj, outcome, response, self.start, self.span,
                                   self.rid, why == R_STALE, why == R_ROUTE_TIMEOUT)
         self.span = None
         self.end_request()
@@ -1851,7 +1855,7 @@ cdef class LaneDown:
             if up is not None:
                 up.abort()
             elif self.state == ST_CONNECT:
-                a = self.cl.addresses[self.host]
+                a = self.addr
                 self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
             self.resume(R_ROUTE_TIMEOUT, None, None)
             return
@@ -1860,7 +1864,7 @@ cdef class LaneDown:
             if up is not None:
                 up.abort()
             elif self.state == ST_CONNECT:
-                a = self.cl.addresses[self.host]
+                a = self.addr
                 self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
             self.resume(R_FAILURE, "timeout", None)
             return
@@ -1892,7 +1896,7 @@ cdef class LaneDown:
         if up is not None:
             up.abort()
         elif self.state == ST_CONNECT:
-            a = self.cl.addresses[self.host]
+            a = self.addr
             self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
         payload, series = self.lane.glue.stream_idle_answer(self.plan)
         if series is not False:
@@ -1914,7 +1918,7 @@ cdef class LaneDown:
         cdef LaneUp up = self.up
         streamed = self.state == ST_BODY and self.streaming
         if self.state == ST_CONNECT:
-            a = self.cl.addresses[self.host]
+            a = self.addr
             self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
         self.release_up(False)
         if up is not None:

@@ -211,17 +211,16 @@ class Glue:
         up.connection_made(transport)
         lane_down.connected(up)
 
-    def record(self, cl, index: int, outcome) -> None:
-        cl.state.record(cl.hosts[index], outcome, self.wp.clock())
+    def record(self, cl, host, outcome) -> None:
+        cl.state.record(host, outcome, self.wp.clock())
 
-    def series(self, plan, index: int, status: int, flags: str):
+    def series(self, plan, host, status: int, flags: str):
         """The metric series of (plan, host, status, flags) — the same object
         `Waypoint._observe` finds for such a request; False beyond the series limit."""
         from waypoint.proxy import Incoming, Outgoing
 
         wp = self.wp
         svc, principal = plan.context
-        host = plan.cluster.hosts[index]
         rq = Incoming("", "", "", [], b"", principal, None, "http")
         out = Outgoing(status, [], b"", flags)
         key = (principal, wp.config.uid_of(svc), host.address, status, flags, "http", "-")
@@ -269,11 +268,11 @@ class Glue:
         span.end()
 
     # --- handing back -----------------------------------------------------------------------
-    def resume(self, cl, index: int, outcome, response, start: float, span, rid,
+    def resume(self, cl, host, outcome, response, start: float, span, rid,
                stale: bool, route_timeout: bool) -> Resume:
         return Resume(start=start, span=span,
                       request_id=rid.decode("latin-1") if rid is not None else None,
-                      host=cl.hosts[index], outcome=outcome, response=response, stale=stale,
+                      host=host, outcome=outcome, response=response, stale=stale,
                       route_timeout=route_timeout)
 
 
