@@ -352,3 +352,29 @@ def test_mtls_clients_keep_their_own_principal_in_metrics_and_x_forwarded_proto(
         assert lane_of(wp)["answered"] == 3
     finally:
         up.close()
+
+
+def test_pool_overflow_behind_the_lane_is_503_overloaded(backends, waypoint_for):
+    backs = backends(("v1", Behaviour(latency=0.3)))
+    wp = waypoint_for([service_dict(backs)], vs("""
+  - route: [{destination: {host: web}}]
+    retries: {attempts: 0}
+""") + """---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+""")
+    r = run_load(f"http://127.0.0.1:{wp.port}/", requests=24, concurrency=6,
+                 headers={"Host": "web"})
+    assert r.count(503) > 0 and r.count(200) > 0 and r.count(200) + r.count(503) == 24
+    assert backs[0].server.connections_accepted == 1       # one slot for lane and Python
+    lane = lane_of(wp)
+    assert lane["answered"] > 0 and lane["handedOver"].get("pool", 0) > 0
+    overflow = [labels for labels in wp.metrics.series if labels[17] == "UO"]
+    assert overflow                                           # answered by the Python path
