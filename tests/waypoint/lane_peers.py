@@ -34,6 +34,10 @@ SCRIPTS: dict[str, object] = {
     "/continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     "/500": b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops",
     "/503": b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+    "/upgrade-offer": b"HTTP/1.1 200 OK\r\nUpgrade: h2,h2c\r\nConnection: Upgrade, Keep-Alive"
+                      b"\r\nContent-Length: 2\r\n\r\nok",
+    "/obs-text": b"HTTP/1.1 201\r\nX-Name: \xe9t\xe9 \r\nContent-Length: 2\r\n\r\nok",
+    "/malformed": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
     "/keepalive-header": b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5"
                          b"\r\nContent-Length: 2\r\n\r\nok",
 }

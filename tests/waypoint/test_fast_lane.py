@@ -105,6 +105,9 @@ CORPUS: dict[str, tuple[list[bytes], int, bool]] = {
     "informational_skipped": ([req("/continue")], 1, False),
     "upstream_keepalive_header": ([req("/keepalive-header")], 1, False),
     "status_500": ([req("/500")], 1, False),
+    "upgrade_offer": ([req("/upgrade-offer")], 1, False),
+    "obs_text_no_reason": ([req("/obs-text")], 1, False),
+    "malformed_answer": ([req("/malformed")], 1, False),
     "pipelined_10": ([b"".join(req(f"/cl?n={i}") for i in range(10))], 10, False),
     "post_body": ([req("/cl", method="POST", body=b"x" * 3000)], 1, False),
     "post_empty": ([req("/cl", method="POST")], 1, False),
@@ -140,6 +143,7 @@ ANSWERED_BY_LANE = {"get", "rewrite_and_header_ops", "header_route", "mixed_case
                     "connection_close", "keep_alive_two", "head", "status_204", "status_304",
                     "chunked_whole", "chunked_streamed", "length_streamed", "close_delimited",
                     "informational_skipped", "upstream_keepalive_header", "status_500",
+                    "upgrade_offer", "obs_text_no_reason",
                     "pipelined_10", "post_body", "post_empty", "given_request_id",
                     "traceparent", "tiny_writes"}
 

@@ -1372,9 +1372,6 @@ cdef class LaneDown:
                 te = 1
             elif k - ls == 10 and ieq(p + ls, 10, b"connection", 10):
                 _conn_tokens(p + vs, v, &conn_close, &conn_keep)
-            elif k - ls == 7 and ieq(p + ls, 7, b"upgrade", 7):
-                self.fail_try("reset")
-                return
             starts.append((ls, k, vs, j))
             j += 2
         if te and cls:
