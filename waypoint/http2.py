@@ -222,10 +222,12 @@ class H2Server(_Endpoint):
                 if ev.stream_ended is not None:
                     out.append(self._complete(ev.stream_id))
             elif isinstance(ev, h2.events.TrailersReceived):
+                trailers = [(n if isinstance(n, str) else n.decode(),
+                             v if isinstance(v, str) else v.decode()) for n, v in ev.headers]
                 if ev.stream_id in self._live:
-                    self._end_live(ev.stream_id, [(n, v) for n, v in ev.headers])
+                    self._end_live(ev.stream_id, trailers)
                 elif ev.stream_id in self._streams:
-                    out.append(self._complete(ev.stream_id))
+                    out.append(self._complete(ev.stream_id, trailers))
             elif isinstance(ev, h2.events.StreamEnded):
                 if ev.stream_id in self._live:
                     self._end_live(ev.stream_id, None)
@@ -288,10 +290,22 @@ class H2Server(_Endpoint):
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             pass
 
-    def _complete(self, stream_id: int) -> RequestReady | None:
+    def _complete(self, stream_id: int, trailers: list[tuple[str, str]] | None = None
+                  ) -> RequestReady | None:
+        """A request that arrived whole. With trailers it is handed out as a body that has
+        already ended with them (as HTTP/1.1's reader does), so that they are sent on."""
         st = self._streams.pop(stream_id, None)
         if st is None:
             return None
+        if trailers:     # its DATA was acknowledged on arrival: nothing to ack when consumed
+            body = Body(retain=self.retain, length=_length(st.headers),
+                        on_consumed=lambda _n: None)
+            for chunk in st.body:
+                body.feed(chunk)
+            body.acked = len(body.chunks)
+            body.acked_bytes = body.size
+            body.end(trailers)
+            return RequestReady(stream_id, st.headers, b"", body)
         return RequestReady(stream_id, st.headers, b"".join(st.body))
 
     def _respond_now(self, stream_id: int, status: int) -> None:

@@ -214,3 +214,51 @@ def test_http2_upstream_gets_the_trailers_as_a_trailing_headers_frame(waypoint_f
     assert _ask(wp.port, raw).startswith(b"HTTP/1.1 200")
     assert eventually(lambda: len(up.finished) == 2)
     assert up.finished[1]["data"] == b"hello" and up.finished[1]["trailers"] is None
+
+
+def _h2_request_with_trailers(port: int) -> tuple[int, bytes]:
+    """An h2c client (prior knowledge) that sends HEADERS, DATA and trailing HEADERS of one
+    request in a single write, so the waypoint receives the request whole; returns the answer's
+    status and body."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":path", "/t"), (":scheme", "http"),
+                          (":authority", "web"), ("te", "trailers")])
+    conn.send_data(1, b"hello world")
+    conn.send_headers(1, [("x-checksum", "abc")], end_stream=True)
+    status, body = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(conn.data_to_send())
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            done = False
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = int(dict(ev.headers)[b":status"])
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    done = True
+            s.sendall(conn.data_to_send())
+            if done:
+                break
+    return status, body
+
+
+@pytest.mark.parametrize("kind", [Http1Upstream, H2Upstream], ids=["http1-upstream",
+                                                                    "http2-upstream"])
+def test_a_whole_http2_request_keeps_its_trailers(waypoint_for, upstreams, kind):
+    up = upstreams(kind)
+    wp = waypoint_for([_service(up.port, app_protocol="http2" if kind is H2Upstream else "")])
+    assert _h2_request_with_trailers(wp.port) == (200, b"ok")
+    if kind is H2Upstream:
+        assert eventually(lambda: len(up.finished) == 1)
+        assert up.finished[0]["data"] == b"hello world"
+        assert up.finished[0]["trailers"] == [(b"x-checksum", b"abc")]
+    else:
+        assert eventually(lambda: len(up.requests) == 1)
+        assert up.requests[0].body == b"hello world"
+        assert up.requests[0].trailers == [(b"x-checksum", b"abc")]
