@@ -986,6 +986,15 @@ class Waypoint:
             self.lane_glue.clear()      # the fast lane's cached plans go with the snapshot
 
     certificate = None   # the SVID's facts for the admin view (`renewal.attach` sets it)
+
+    def not_ready(self) -> str | None:
+        """Why `/healthz/ready` should fail, or None: a waypoint whose SVID has expired (and
+        could not be renewed) refuses every node tunnel's handshake."""
+        cert = self.certificate() if self.certificate is not None else None
+        if cert is not None and cert.get("state") != "valid":
+            return (f"the waypoint's certificate is {cert.get('state')}"
+                    f" (last renewal error: {cert.get('last_error')})")
+        return None
     stream_idle_timeout_s = 0.0   # set by `WaypointServer` (Envoy's stream_idle_timeout)
 
     def describe(self) -> dict:
@@ -2072,7 +2081,10 @@ class _MetricsProtocol(asyncio.Protocol):
                 out = http1.serialize_response(200, [("content-type", "application/json")],
                                                body, keep_alive=req.keep_alive)
             elif path in ("/healthz/ready", "/healthz"):
-                out = http1.serialize_response(200, [], b"ready\n", keep_alive=req.keep_alive)
+                problem = self.server.waypoint.not_ready()
+                out = (http1.serialize_response(503, [], f"not ready: {problem}\n".encode(),
+                                                keep_alive=req.keep_alive) if problem else
+                       http1.serialize_response(200, [], b"ready\n", keep_alive=req.keep_alive))
             else:
                 out = http1.serialize_response(404, [], b"not found\n",
                                                keep_alive=req.keep_alive)

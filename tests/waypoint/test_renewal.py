@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -347,3 +348,32 @@ def test_the_waypoint_process_uses_the_control_planes_ca_and_rides_out_an_outage
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def test_readiness_fails_while_the_certificate_is_expired(tmp_path):
+    """/healthz/ready answers 503 while the waypoint has no valid SVID (every node tunnel's
+    handshake would be refused), 200 again once it has one."""
+    ca_dir = tmp_path / "ca"
+    CertificateAuthority.load_or_generate(ca_dir)
+    now = [0.0]
+    rot = renewal.SvidRotation(renewal.ca_dir_source(ca_dir, WAYPOINT_ID, ttl=60),
+                               clock=lambda: now[0])
+    first = asyncio.run(rot.first())
+
+    def ready(port: int) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz/ready",
+                                        timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    svc = {"name": "web", "namespace": "demo", "ports": [{"port": 80}], "endpoints": []}
+    with WaypointThread(make_snapshot([svc]), metrics_port=0) as wp:
+        wp.call(renewal.attach, rot, wp.waypoint, Tunnels(client_context=rot.client_context,
+                                                         source_ip="127.0.0.1"))
+        now[0] = first.not_after - 1
+        assert ready(wp.metrics_port) == (200, "ready\n")
+        now[0] = first.not_after
+        status, text = ready(wp.metrics_port)
+        assert status == 503 and "certificate is expired" in text
