@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.waypoint.conftest import make_snapshot
@@ -355,12 +356,16 @@ def _frame(buf: bytes, head_only: bool) -> int | None:
 
 
 def exchange(port: int, pieces: list[bytes], methods: list[str], *, gap: float = 0.0,
-             timeout: float = 10.0, settle: float = 0.2, context=None) -> Transcript:
+             timeout: float = 10.0, settle: float = 0.2, context=None,
+             abort_after: int | None = None, half_close: bool = False) -> Transcript:
     """Send each piece as its own write (waiting `gap` between them), then read responses —
     one per method, HEAD ones without a body — until they are all in, the connection ends,
     or `timeout`; then wait `settle` seconds to see whether the connection stays open
     (`settle=0`: not looked at, the end is "unchecked").
-    With `context` (a client `ssl.SSLContext`) the connection is TLS: a principal."""
+    With `context` (a client `ssl.SSLContext`) the connection is TLS: a principal.
+    `abort_after`: the client closes its socket (a reset if bytes are unread) once it has
+    received that many bytes (end "aborted"); `half_close`: it shuts its sending side down
+    after the last piece."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if context is not None:
@@ -370,12 +375,20 @@ def exchange(port: int, pieces: list[bytes], methods: list[str], *, gap: float =
     pos = 0
     end = "timeout"
     try:
-        for i, p in enumerate(pieces):
-            if i and gap:
-                time.sleep(gap)
-            sock.sendall(p)
+        try:
+            for i, p in enumerate(pieces):
+                if i and gap:
+                    time.sleep(gap)
+                sock.sendall(p)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass            # the waypoint ended the connection early: read what it wrote
         deadline = time.monotonic() + timeout
         while got < len(methods):
+            if abort_after is not None and len(data) >= abort_after:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return Transcript(data[:abort_after], got, "aborted")
             n = _frame(data[pos:], methods[got] == "HEAD")
             if n is not None:
                 pos += n
@@ -426,6 +439,17 @@ _TOKEN = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
                     rb"|[0-9a-f]{32}|[0-9a-f]{16}")
 
 
+_UUID4 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def _shape(t: bytes) -> bytes:
+    """What kind of id it is, so a malformed one still shows: uuid4 | uuid-bad | hex32 |
+    hex16 (| -zero when all zero, which W3C forbids)."""
+    if b"-" in t:
+        return b"uuid4" if _UUID4.fullmatch(t) else b"uuid-bad"
+    return b"hex%d%s" % (len(t), b"-zero" if not t.strip(b"0") else b"")
+
+
 class Ids:
     """Replaces generated ids with <idN> in order of first appearance; ids the client sent
     (`known`) stay as they are."""
@@ -439,7 +463,7 @@ class Ids:
         if t in self.known:
             return t
         if t not in self.names:
-            self.names[t] = b"<id%d>" % (len(self.names) + 1)
+            self.names[t] = b"<%s%d>" % (_shape(t), len(self.names) + 1)
         return self.names[t]
 
     def __call__(self, data: bytes) -> bytes:
@@ -504,7 +528,19 @@ def pools(wp: WaypointThread, names: dict[str, str]) -> dict:
     return json.loads(text)
 
 
-# --- a pair of waypoints ---------------------------------------------------------------------------
+def _span(span, ids: Ids) -> tuple:
+    """A finished SDK span as compared: name, kind, attributes, and its trace, span and
+    parent ids in the placeholders the upstream's traceparent got (same id, same name)."""
+    def hexid(v: int, n: int) -> str:
+        return ids(b"traceparent: %s" % f"{v:0{n}x}".encode())[13:].decode()
+    ctx = span.get_span_context()
+    parent = span.parent.span_id if span.parent is not None else None
+    return (span.name, str(span.kind), tuple(sorted(span.attributes.items())),
+            hexid(ctx.trace_id, 32), hexid(ctx.span_id, 16),
+            hexid(parent, 16) if parent else None, span.end_time is not None)
+
+
+# --- a pair of waypoints ----------------------------------------------------------------------
 
 
 def _services(services: list[dict], up: int, dead: int) -> list[dict]:
@@ -530,6 +566,7 @@ class Side:
     upstream: Upstream
     wp: WaypointThread
     dead: socket.socket
+    spans: InMemorySpanExporter
     roles: dict[str, str] = field(default_factory=dict)
     sent: bytearray = field(default_factory=bytearray)
     transcripts: list[Transcript] = field(default_factory=list)
@@ -551,10 +588,11 @@ class Pair:
                 dead.bind(("127.0.0.1", 0))         # bound, never listening: refused
                 dport = dead.getsockname()[1]
                 snap = make_snapshot(_services(services, up.port, dport), config)
-                wp = WaypointThread(snap, tracing=Tracing(sample_ratio=0.0),
+                spans = InMemorySpanExporter()
+                wp = WaypointThread(snap, tracing=Tracing(sample_ratio=0.0, exporter=spans),
                                     rng=random.Random(7), fast_lane=lane, **server_options)
-                side = Side(lane, up, wp, dead, {f"127.0.0.1:{up.port}": "UP",
-                                                 f"127.0.0.1:{dport}": "DEAD"})
+                side = Side(lane, up, wp, dead, spans, {f"127.0.0.1:{up.port}": "UP",
+                                                        f"127.0.0.1:{dport}": "DEAD"})
                 self.sides.append(side)
                 wp.start()
         except BaseException:
@@ -591,12 +629,46 @@ class Pair:
             side.transcripts.append(t)
         return out[0], out[1]
 
+    def run_staggered(self, runs: list[tuple[float, list[bytes], list[str]]], **options
+                      ) -> None:
+        """Several client connections at once per side: each `(start_after_s, pieces,
+        methods)` on its own connection, started that long after the first (both sides at
+        the same time); transcripts kept in the order of `runs`."""
+        def side_runs(side: Side, out: list) -> None:
+            def one(i: int, delay: float, pieces: list[bytes], methods: list[str]) -> None:
+                time.sleep(delay)
+                try:
+                    out[i] = exchange(side.wp.port, pieces, methods, **options)
+                except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                    out[i] = e
+            ts = [threading.Thread(target=one, args=(i, *r)) for i, r in enumerate(runs)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+
+        results: list[list] = [[None] * len(runs) for _ in self.sides]
+        threads = [threading.Thread(target=side_runs, args=(side, results[i]))
+                   for i, side in enumerate(self.sides)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for side, out in zip(self.sides, results, strict=True):
+            for (_, pieces, _), t in zip(runs, out, strict=True):
+                if isinstance(t, BaseException):
+                    raise t
+                side.sent += b"".join(pieces)
+                side.transcripts.append(t)
+
     def observed(self, side: Side) -> dict:
         ids = Ids(bytes(side.sent))
+        upstream = [ids(b).decode("latin-1") for b in side.upstream.received()]
         return {
             "client": [(ids(t.data).decode("latin-1"), t.responses, t.end)
                        for t in side.transcripts],
-            "upstream": [ids(b).decode("latin-1") for b in side.upstream.received()],
+            "upstream": upstream,
+            "spans": [_span(s, ids) for s in side.spans.get_finished_spans()],
             "metrics": scrape(side.wp),
             "pools": pools(side.wp, side.roles),
         }
