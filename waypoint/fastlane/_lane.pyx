@@ -667,6 +667,23 @@ cdef class ClusterLane:
                 c.close()
             del conns[:]
 
+    cdef LaneUp from_python(self, int host):
+        """An idle keep-alive connection of the Python path to this host, moved here."""
+        cdef LaneUp up
+        conns = self.state.idle.get(self.addresses[host])
+        while conns:
+            conn = conns.pop()
+            t = conn.transport
+            if conn.closed or t is None or t.is_closing():
+                continue
+            conn.closed = True            # the Python object no longer owns it
+            up = LaneUp(self, host)
+            up.served = conn.served
+            t.set_protocol(up)
+            up.connection_made(t)
+            return up
+        return None
+
     def take_idle(self, address):
         """An idle lane connection to `address` for the Python path: (transport, served),
         or None. Its connection slot goes with it."""
@@ -906,6 +923,10 @@ cdef class LaneDown:
     cdef bytes payload
     cdef object span
     cdef bytes span_lines
+    cdef char tid[32]                  # the unsampled span's trace and span ids, and its
+    cdef char sid[16]                  # parent's (from traceparent): a retry in Python
+    cdef char psid[16]                 # sends them again
+    cdef bint has_ids, has_parent
     cdef bytes rid
     # the response
     cdef Buf rb                        # raw upstream bytes not yet parsed
@@ -1103,6 +1124,8 @@ cdef class LaneDown:
             if not c.closed and not c.transport.is_closing():
                 up = c
                 break
+        if up is None:
+            up = cl.from_python(host)     # an idle one the Python path left (one pool)
         if up is None and counters.connections >= cl.max_connections:
             return R_POOL
         # From here on the request is the lane's.
@@ -1178,58 +1201,43 @@ cdef class LaneDown:
             buf_addb(&b, plan.xfp)         # (the plan key holds whether there is a principal)
             if self.span_lines is not None:
                 buf_addb(&b, self.span_lines)
-            elif h.tp >= 0:
-                tp = p + h.hv0[h.tp]
-                x = self.lane.ids.nonzero(16)
-                buf_add(&b, b"traceparent: 00-", 16)
-                buf_add(&b, <const char *>tp + 3, 32)
-                buf_add(&b, b"-", 1)
-                buf_add(&b, x, 16)
-                buf_add(&b, b"-00\r\nx-b3-traceid: ", 19)
-                buf_add(&b, <const char *>tp + 3, 32)
-                buf_add(&b, b"\r\nx-b3-spanid: ", 15)
-                buf_add(&b, x, 16)
-                buf_add(&b, b"\r\nx-b3-sampled: 0\r\nx-b3-parentspanid: ", 38)
-                buf_add(&b, <const char *>tp + 36, 16)
-                buf_add(&b, b"\r\n", 2)
+                self.has_ids = False
             else:
-                x = self.lane.ids.take(48)
-                if _zeros(<const unsigned char *>x, 32) or _zeros(<const unsigned char *>x + 32, 16):
-                    x = self.lane.ids.nonzero(32)
-                    buf_add(&b, b"traceparent: 00-", 16)
-                    buf_add(&b, x, 32)
-                    tmp = PyBytes_FromStringAndSize(x, 32)
-                    x = self.lane.ids.nonzero(16)
-                    return self._trace_slow(b, tmp, PyBytes_FromStringAndSize(x, 16))
+                # an unsampled span: its ids as `Tracing.start` cuts them (kept for a retry)
+                if h.tp >= 0:
+                    tp = p + h.hv0[h.tp]
+                    memcpy(self.tid, tp + 3, 32)
+                    memcpy(self.sid, self.lane.ids.nonzero(16), 16)
+                    memcpy(self.psid, tp + 36, 16)
+                    self.has_parent = True
+                else:
+                    x = self.lane.ids.take(48)
+                    memcpy(self.tid, x, 32)
+                    memcpy(self.sid, x + 32, 16)
+                    if _zeros(<const unsigned char *>self.tid, 32) or \
+                            _zeros(<const unsigned char *>self.sid, 16):
+                        memcpy(self.tid, self.lane.ids.nonzero(32), 32)
+                        memcpy(self.sid, self.lane.ids.nonzero(16), 16)
+                    self.has_parent = False
+                self.has_ids = True
                 buf_add(&b, b"traceparent: 00-", 16)
-                buf_add(&b, x, 32)
+                buf_add(&b, self.tid, 32)
                 buf_add(&b, b"-", 1)
-                buf_add(&b, x + 32, 16)
+                buf_add(&b, self.sid, 16)
                 buf_add(&b, b"-00\r\nx-b3-traceid: ", 19)
-                buf_add(&b, x, 32)
+                buf_add(&b, self.tid, 32)
                 buf_add(&b, b"\r\nx-b3-spanid: ", 15)
-                buf_add(&b, x + 32, 16)
-                buf_add(&b, b"\r\nx-b3-sampled: 0\r\n", 19)
+                buf_add(&b, self.sid, 16)
+                if self.has_parent:
+                    buf_add(&b, b"\r\nx-b3-sampled: 0\r\nx-b3-parentspanid: ", 38)
+                    buf_add(&b, self.psid, 16)
+                    buf_add(&b, b"\r\n", 2)
+                else:
+                    buf_add(&b, b"\r\nx-b3-sampled: 0\r\n", 19)
             self.finish_request(&b)
             return PyBytes_FromStringAndSize(b.p, b.len)
         finally:
             buf_free(&b)
-
-    cdef bytes _trace_slow(self, Buf b, bytes tid, bytes sid):
-        # (an all-zero draw: practically never)
-        cdef Buf c = b
-        try:
-            buf_add(&c, b"-", 1)
-            buf_addb(&c, sid)
-            buf_add(&c, b"-00\r\nx-b3-traceid: ", 19)
-            buf_addb(&c, tid)
-            buf_add(&c, b"\r\nx-b3-spanid: ", 15)
-            buf_addb(&c, sid)
-            buf_add(&c, b"\r\nx-b3-sampled: 0\r\n", 19)
-            self.finish_request(&c)
-            return PyBytes_FromStringAndSize(c.p, c.len)
-        finally:
-            buf_free(&c)
 
     cdef int finish_request(self, Buf *b) except -1:
         cdef Head *h = &self.h
@@ -1299,6 +1307,9 @@ cdef class LaneDown:
             p = <const unsigned char *>self.rb.p
             n = self.rb.len
             e = <const unsigned char *>memmem(p, n, b"\r\n\r\n", 4)
+            if _bare_lf(p, (e - p + 4) if e != NULL else n):
+                self.fail_try("reset")       # llhttp (strict) refuses it: so does the lane
+                return
             if e == NULL:
                 if n > 65536:
                     self.fail_try("reset")
@@ -1827,8 +1838,13 @@ cdef class LaneDown:
 
     cdef resume(self, int why, object outcome, object response):
         """Hand the request (not answered yet) and the rest of the connection to Python."""
-        r = self.lane.glue.resume(self.cl, self.hostobj, outcome, response, self.start, self.span,
-                                  self.rid, why == R_STALE, why == R_ROUTE_TIMEOUT)
+        ids = None
+        if self.span is None and self.has_ids:
+            ids = (PyBytes_FromStringAndSize(self.tid, 32), PyBytes_FromStringAndSize(self.sid, 16),
+                   PyBytes_FromStringAndSize(self.psid, 16) if self.has_parent else None)
+        r = self.lane.glue.resume(self.cl, self.hostobj, outcome, response, self.start,
+                                  self.span, self.rid, why == R_STALE, why == R_ROUTE_TIMEOUT,
+                                  ids)
         self.span = None
         self.end_request()
         self.handover(why, r)
@@ -1950,6 +1966,20 @@ cdef class LaneDown:
             pass
         if rest:
             down.data_received(rest)
+
+
+cdef bint _bare_lf(const unsigned char *p, Py_ssize_t n) noexcept:
+    """A LF not preceded by CR in p[:n]."""
+    cdef const unsigned char *q = p
+    cdef const unsigned char *end = p + n
+    while q < end:
+        q = <const unsigned char *>memchr(q, 10, end - q)
+        if q == NULL:
+            return False
+        if q == p or (q - 1)[0] != 13:
+            return True
+        q += 1
+    return False
 
 
 cdef inline bint _zeros(const unsigned char *x, int n) noexcept:

@@ -26,7 +26,7 @@ from waypoint import http1, retry
 from waypoint.fastlane import native
 from waypoint.paths import BadTarget, normalize_target
 from waypoint.router import apply_header_ops
-from waypoint.telemetry import TRACE_HEADERS, Tracing
+from waypoint.telemetry import TRACE_HEADERS, LightSpan, Tracing
 
 # Header names a plan's operations may not touch (the lane writes these itself).
 RESERVED = http1.HOP_BY_HOP | TRACE_HEADERS | {"x-request-id", "x-forwarded-proto"}
@@ -269,7 +269,11 @@ class Glue:
 
     # --- handing back -----------------------------------------------------------------------
     def resume(self, cl, host, outcome, response, start: float, span, rid,
-               stale: bool, route_timeout: bool) -> Resume:
+               stale: bool, route_timeout: bool, ids=None) -> Resume:
+        if span is None and ids is not None:      # the unsampled span the first try carried
+            tid, sid, parent = ids
+            span = LightSpan(tid.decode("ascii"), sid.decode("ascii"),
+                             int(parent, 16) if parent is not None else None)
         return Resume(start=start, span=span,
                       request_id=rid.decode("latin-1") if rid is not None else None,
                       host=host, outcome=outcome, response=response, stale=stale,
