@@ -939,6 +939,7 @@ cdef class LaneDown:
     cdef bint write_paused
     cdef public bytes resp_head
     cdef long long resp_len
+    cdef list segs                     # lengths of the body's pieces as they came
 
     def __init__(self, Lane lane, down):
         self.lane = lane
@@ -952,6 +953,7 @@ cdef class LaneDown:
                        + f"|{down.principal or ''}|").encode("latin-1")
         self.last_active = monotonic()
         self.deadline = 1e300
+        self.segs = []
 
     def __dealloc__(self):
         buf_free(&self.inb)
@@ -1267,6 +1269,7 @@ cdef class LaneDown:
         self.streaming = False
         self.sent = 0
         self.rheaders = None
+        del self.segs[:]
         up.served += 1
         up.write(self.payload)
 
@@ -1365,13 +1368,15 @@ cdef class LaneDown:
                 self.fail_try("reset")
                 return
             v = j - vs
+            while v > 0 and (p[vs + v - 1] == 32 or p[vs + v - 1] == 9):
+                v -= 1                    # (trailing whitespace is not part of a value)
             if k - ls == 14 and ieq(p + ls, 14, b"content-length", 14):
                 cls += 1
                 if cls > 1 or v == 0 or v > 15:
                     self.fail_try("reset")
                     return
                 clen = 0
-                for i in range(vs, j):
+                for i in range(vs, vs + v):
                     if p[i] < 48 or p[i] > 57:
                         self.fail_try("reset")
                         return
@@ -1417,10 +1422,13 @@ cdef class LaneDown:
                              for a, b, c, d in starts]
             self.resp_head = None
             self.parse_body()
+            if self.state == ST_BUFFER:
+                # not whole in the read that completed the head: Python streams such an
+                # answer and, retrying, discards it — closing the connection; so does the lane
+                self.up_keep = 0
             return
         self.resp_head = self.response_head(head, starts, status)
         self.state = ST_BODY
-        self.record_outcome(status)      # as `_forward` does, at the response head
         self.parse_body()
 
     cdef bytes response_head(self, bytes head, list starts, int status):
@@ -1487,7 +1495,10 @@ cdef class LaneDown:
         if self.bmode == B_CHUNKED:
             r = self.dechunk()
             if r < 0:
-                self.up_failed("reset")
+                if self.streaming:
+                    self.up_failed("reset")
+                else:
+                    self.fail_try("reset")   # nothing went downstream: as a failed try
                 return
             if self.streaming:
                 self.flush_chunks()
@@ -1501,6 +1512,8 @@ cdef class LaneDown:
                 self.buffer_overflow()
             return
         # close-delimited: all of it until the upstream closes
+        if self.rb.len:
+            self.segs.append(self.rb.len)
         buf_add(&self.body, self.rb.p, self.rb.len)
         self.rb.len = 0
         if self.state == ST_BODY:
@@ -1548,6 +1561,7 @@ cdef class LaneDown:
             elif self.cstate == C_DATA:
                 j = min(n - pos, self.remaining)
                 buf_add(&self.body, self.rb.p + pos, j)
+                self.segs.append(j)
                 pos += j
                 self.remaining -= j
                 if self.remaining == 0:
@@ -1595,6 +1609,7 @@ cdef class LaneDown:
         cdef Buf out
         out.p = NULL
         out.len = out.cap = 0
+        self.record_outcome(self.status)    # as `_forward` does, before it goes downstream
         try:
             buf_addb(&out, self.resp_head)
             if self.bmode == B_LENGTH:
@@ -1616,26 +1631,40 @@ cdef class LaneDown:
             buf_free(&out)
 
     cdef flush_chunks(self):
-        """Streamed chunked answer: what `body` holds, as one chunk."""
+        """Streamed chunked answer: what `body` holds, one chunk per piece as it came (the
+        pieces llhttp hands the Python path: a chunk's data within one read)."""
         cdef char tmp[24]
         cdef int k
+        cdef Py_ssize_t pos = 0, n
+        cdef Buf out
         if self.body.len == 0:
             return
-        k = snprintf(tmp, 24, b"%llx\r\n", <long long>self.body.len)
-        out = PyBytes_FromStringAndSize(NULL, k + self.body.len + 2)
-        q = PyBytes_AS_STRING(out)
-        memcpy(q, tmp, k)
-        memcpy(q + k, self.body.p, self.body.len)
-        memcpy(q + k + self.body.len, b"\r\n", 2)
-        self.sent += self.body.len
-        self.body.len = 0
-        self.write(out)
+        out.p = NULL
+        out.len = out.cap = 0
+        try:
+            for seg in self.segs:
+                n = seg
+                k = snprintf(tmp, 24, b"%llx\r\n", <long long>n)
+                buf_add(&out, tmp, k)
+                buf_add(&out, self.body.p + pos, n)
+                buf_add(&out, b"\r\n", 2)
+                pos += n
+            if pos < self.body.len:       # (not split into pieces: one chunk)
+                k = snprintf(tmp, 24, b"%llx\r\n", <long long>(self.body.len - pos))
+                buf_add(&out, tmp, k)
+                buf_add(&out, self.body.p + pos, self.body.len - pos)
+                buf_add(&out, b"\r\n", 2)
+            self.sent += self.body.len
+            self.body.len = 0
+            del self.segs[:]
+            self.write(PyBytes_FromStringAndSize(out.p, out.len))
+        finally:
+            buf_free(&out)
 
     cdef buffer_overflow(self):
         """A retriable answer too big to hold for a retry: it is the final answer."""
         self.resp_head = self.response_head_from_list()
         self.state = ST_BODY
-        self.record_outcome(self.status)
         self.start_stream()
         if self.bmode != B_LENGTH:
             self.flush_chunks()
@@ -1687,6 +1716,7 @@ cdef class LaneDown:
                     buf_free(&out)
             resp_bytes = self.sent
         else:
+            self.record_outcome(self.status)
             out.p = NULL
             out.len = out.cap = 0
             try:
