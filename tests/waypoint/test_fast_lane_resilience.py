@@ -378,3 +378,25 @@ spec:
     assert lane["answered"] > 0 and lane["handedOver"].get("pool", 0) > 0
     overflow = [labels for labels in wp.metrics.series if labels[17] == "UO"]
     assert overflow                                           # answered by the Python path
+
+
+def test_after_a_request_outside_the_lane_the_connection_comes_back():
+    up = RecordingUpstream()
+    try:
+        with WaypointThread(make_snapshot([raw_service(up.port)]), metrics_port=None) as wp:
+            s = socket.create_connection(("127.0.0.1", wp.port), timeout=5)
+            for extra in ("", "b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0\r\n", "",
+                          "Expect: 100-continue\r\nContent-Length: 2\r\n", ""):
+                s.sendall(f"POST /cl HTTP/1.1\r\nHost: web.demo\r\n{extra}\r\n".encode()
+                          + (b"ok" if "Expect" in extra else b""))
+                got = b""
+                while not got.endswith(b"}\n"):
+                    got += s.recv(65536)
+                assert got.startswith(b"HTTP/1.1 200 OK")
+            s.close()
+            lane = lane_of(wp)
+    finally:
+        up.close()
+    assert lane["answered"] == 3
+    assert lane["handedOver"] == {"b3": 1, "expect": 1}
+    assert len(up.requests) == 5 and up.connections == 1

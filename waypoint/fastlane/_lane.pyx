@@ -1985,9 +1985,10 @@ cdef class LaneDown:
         self.inb.len = 0
         down.laned = None
         down.resume = resume
-        # a request given back for a passing reason: after Python answered it, the
-        # connection comes back to the lane (`Downstream._serve`)
-        down.lane_back = why in (R_POOL, R_NO_HOST) or resume is not None
+        # after Python answered it, the connection comes back to the lane
+        # (`Downstream._serve`): one request outside the lane's subset (a weighted route,
+        # a b3 header) does not keep the connection's next ones from it
+        down.lane_back = True
         self.transport.set_protocol(down)
         self.partial = False
         try:
