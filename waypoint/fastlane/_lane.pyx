@@ -568,7 +568,9 @@ cdef class ClusterLane:
     cdef public list idle           # per host index: [LaneUp]
     cdef public dict in_flight
     cdef public set dirty           # addresses whose consecutive-failure counts are not zero
-    cdef public bint ask_python     # some host is ejected: `state.pick` decides
+    cdef public bint ask_python     # some host is ejected: pick among `usable` ...
+    cdef public list usable         # ... the host indexes outlier detection allows, until
+    cdef public double sweep_at     # its next interval sweep (then `state.pick` sweeps)
     cdef public int kind
     cdef public long long max_rpc
     cdef public long long max_connections
@@ -581,6 +583,7 @@ cdef class ClusterLane:
         self.state = state
         self.dirty = set()
         self.idle = []
+        self.usable = []
         self.configure()
 
     def configure(self):
@@ -622,6 +625,12 @@ cdef class ClusterLane:
                 dirty.add(a)
         self.ask_python = ejected
         self.dirty = dirty
+        if ejected:
+            if od.panic():
+                self.usable = list(range(len(self.addresses)))
+            else:
+                self.usable = [i for i, a in enumerate(self.addresses) if not od.ejected(a)]
+            self.sweep_at = od.next_sweep
 
     cdef int pick(self, double now) except -2:
         cdef Py_ssize_t n = len(self.hosts)
@@ -629,10 +638,12 @@ cdef class ClusterLane:
         cdef Py_ssize_t a, b
         cdef object fa, fb
         if self.ask_python:
-            host = self.state.pick(now, [])
-            if host is None:
-                return -1
-            return self.index.get(host.address, -1)
+            if now >= self.sweep_at:       # the sweep may return hosts (and syncs this)
+                host = self.state.pick(now, [])
+                if host is None:
+                    return -1
+                return self.index.get(host.address, -1)
+            return self.pick_among(self.usable)
         if n == 0:
             return -1
         if n == 1:
@@ -650,6 +661,30 @@ cdef class ClusterLane:
         fa = self.in_flight.get(self.addresses[a], 0)
         fb = self.in_flight.get(self.addresses[b], 0)
         return a if fa <= fb else b
+
+    cdef int pick_among(self, list candidates) except -2:
+        """The balancer over some of the hosts (indexes), as over all of them."""
+        cdef Py_ssize_t n = len(candidates)
+        cdef unsigned long long r
+        cdef Py_ssize_t a, b
+        if n == 0:
+            return -1
+        if n == 1:
+            return candidates[0]
+        if self.kind == LB_RR:
+            self.rr += 1
+            return candidates[self.rr % n]
+        r = self.lane.ids.next()
+        if self.kind == LB_RANDOM:
+            return candidates[r % n]
+        a = r % n
+        b = (r >> 32) % (n - 1)
+        if b >= a:
+            b += 1
+        a = candidates[a]
+        b = candidates[b]
+        return a if self.in_flight.get(self.addresses[a], 0) <= \
+            self.in_flight.get(self.addresses[b], 0) else b
 
     def close_idle_one(self):
         """Close one idle lane connection (a Python request waits for a connection slot)."""
