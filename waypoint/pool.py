@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from control.config.model import ConnectionPoolSettings
+from waypoint.fastlane import native as _native
 
 UNLIMITED = 2**32 - 1
 
@@ -49,7 +50,7 @@ class PoolLimits:
         )
 
 
-class PoolCounters:
+class _PyPoolCounters:
     """Live counts for one cluster; the proxy increments and decrements them."""
 
     __slots__ = ("limits", "connections", "pending", "requests", "retries", "overflows")
@@ -87,3 +88,8 @@ class PoolCounters:
             return False
         self.retries += 1
         return True
+
+
+# With the fast lane built, the counters are its native object (the same attributes and
+# methods), so the lane counts in the same copy without Python attribute calls.
+PoolCounters = _native.Counters if _native is not None else _PyPoolCounters

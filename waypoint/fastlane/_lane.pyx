@@ -514,6 +514,46 @@ cdef class Series:
         return [self._resp[i] for i in range(10)]
 
 
+# --- pool counters ---------------------------------------------------------------------------
+
+cdef class Counters:
+    """`pool.PoolCounters` as a native object: one copy per cluster that the Python pipeline
+    (attributes and methods, as before) and the lane (C fields) both count in."""
+    cdef public object limits
+    cdef public long long connections, pending, requests, retries
+    cdef public dict overflows
+
+    def __init__(self, limits):
+        self.limits = limits
+        self.overflows = {"requests": 0, "pending": 0, "retries": 0, "connections": 0}
+
+    def admit_request(self):
+        if self.requests >= self.limits.max_requests:
+            self.overflows["requests"] += 1
+            return False
+        self.requests += 1
+        return True
+
+    def may_connect(self):
+        if self.connections >= self.limits.max_connections:
+            self.overflows["connections"] += 1
+            return False
+        return True
+
+    def may_queue(self):
+        if self.pending >= self.limits.max_pending:
+            self.overflows["pending"] += 1
+            return False
+        return True
+
+    def admit_retry(self):
+        if self.retries >= self.limits.max_retries:
+            self.overflows["retries"] += 1
+            return False
+        self.retries += 1
+        return True
+
+
 # --- plans -----------------------------------------------------------------------------------
 
 cdef class Plan:
@@ -532,6 +572,9 @@ cdef class Plan:
     cdef public bint retry_connect, retry_reset, retry_timeout
     cdef public object context          # what `plans` needs back (svc, labels, ...)
     cdef public dict series             # (host address, status, flags) → Series
+    cdef object last_addr               # the last (address, status) with flags "-" ...
+    cdef int last_status
+    cdef Series last_series             # ... and its series
     cdef public bint send_length        # POST/PUT/PATCH: content-length even when 0
 
     def __init__(self):
@@ -561,7 +604,7 @@ cdef class ClusterLane:
     pool counters, in-flight counts and outlier detector are the Python state's own objects
     (one copy each)."""
     cdef public object state
-    cdef public object counters
+    cdef public Counters counters
     cdef public list hosts          # Host objects
     cdef public list addresses
     cdef public dict index          # address → host index
@@ -1147,7 +1190,7 @@ cdef class LaneDown:
         elif lane.sample_ratio > 0:
             sampled = lane.random() < lane.sample_ratio
         cl = <ClusterLane>plan.cluster
-        counters = cl.counters
+        cdef Counters counters = cl.counters
         if counters.requests >= cl.max_requests:
             return R_POOL
         self.start = lane.now()
@@ -1805,14 +1848,21 @@ cdef class LaneDown:
         """Metrics, the span, the pool; then the next request."""
         cdef Plan plan = self.plan
         cdef double end = self.lane.now()
-        cdef Series s
-        key = (self.addr, status, flags)
-        hit = plan.series.get(key)
-        if hit is None:
-            hit = self.lane.glue.series(plan, self.hostobj, status, flags.decode())
-            plan.series[key] = hit
-        if hit is not False:
-            s = <Series>hit
+        cdef Series s = None
+        if plan.last_series is not None and plan.last_addr is self.addr and \
+                plan.last_status == status and flags == b"-":
+            s = plan.last_series
+        else:
+            key = (self.addr, status, flags)
+            hit = plan.series.get(key)
+            if hit is None:
+                hit = self.lane.glue.series(plan, self.hostobj, status, flags.decode())
+                plan.series[key] = hit
+            if hit is not False:
+                s = <Series>hit
+                if flags == b"-":
+                    plan.last_addr, plan.last_status, plan.last_series = self.addr, status, s
+        if s is not None:
             s.add((end - self.start) * 1000.0, self.h.clen if self.h.clen > 0 else 0,
                   resp_bytes)
         if self.span is not None:
