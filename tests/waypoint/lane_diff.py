@@ -42,6 +42,7 @@ from waypoint.telemetry import Tracing
 
 UP = -1
 DEAD = -2
+UP2 = -3     # a second recording upstream of the side (its own script instance)
 
 # --- what an upstream does ---------------------------------------------------------------------
 
@@ -588,11 +589,12 @@ def _span(span, ids: Ids) -> tuple:
 # --- a pair of waypoints ----------------------------------------------------------------------
 
 
-def _services(services: list[dict], up: int, dead: int) -> list[dict]:
+def _services(services: list[dict], up: int, dead: int, up2: int = 0) -> list[dict]:
     out = json.loads(json.dumps(services))
+    ports = {UP: up, DEAD: dead, UP2: up2}
     for s in out:
         for e in s.get("endpoints", ()):
-            e["port"] = up if e["port"] == UP else dead if e["port"] == DEAD else e["port"]
+            e["port"] = ports.get(e["port"], e["port"])
     return out
 
 
@@ -609,6 +611,7 @@ def web(name: str = "web", *, port: int = UP, version: str = "v1",
 class Side:
     lane: bool
     upstream: Upstream
+    upstream2: Upstream
     wp: WaypointThread
     dead: socket.socket
     spans: InMemorySpanExporter
@@ -620,24 +623,28 @@ class Side:
 class Pair:
     """Two waypoints with the same snapshot — one with the fast lane, one without — each
     in front of its own recording upstream running the same script (made fresh per side
-    by `script_factory`, so per-key sequences start over for each)."""
+    by `script_factory`, so per-key sequences start over for each; `script_factory2` for
+    the `UP2` upstreams, default the same)."""
 
     def __init__(self, services: list[dict], config: str = "",
                  script_factory: Callable[[], Script] = lambda: ok,
+                 script_factory2: Callable[[], Script] | None = None,
                  **server_options) -> None:
         self.sides: list[Side] = []
         try:
             for lane in (True, False):
                 up = Upstream(script_factory())
+                up2 = Upstream((script_factory2 or script_factory)())
                 dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 dead.bind(("127.0.0.1", 0))         # bound, never listening: refused
                 dport = dead.getsockname()[1]
-                snap = make_snapshot(_services(services, up.port, dport), config)
+                snap = make_snapshot(_services(services, up.port, dport, up2.port), config)
                 spans = InMemorySpanExporter()
                 wp = WaypointThread(snap, tracing=Tracing(sample_ratio=0.0, exporter=spans),
                                     rng=random.Random(7), fast_lane=lane, **server_options)
-                side = Side(lane, up, wp, dead, spans, {f"127.0.0.1:{up.port}": "UP",
-                                                        f"127.0.0.1:{dport}": "DEAD"})
+                side = Side(lane, up, up2, wp, dead, spans, {
+                    f"127.0.0.1:{up.port}": "UP", f"127.0.0.1:{up2.port}": "UP2",
+                    f"127.0.0.1:{dport}": "DEAD"})
                 self.sides.append(side)
                 wp.start()
         except BaseException:
@@ -715,6 +722,7 @@ class Pair:
                             ).decode("latin-1"), t.responses, t.end)
                        for t in side.transcripts],
             "upstream": upstream,
+            "upstream2": [ids(b).decode("latin-1") for b in side.upstream2.received()],
             "spans": [_span(s, ids) for s in side.spans.get_finished_spans()],
             "metrics": scrape(side.wp),
             "pools": pools(side.wp, side.roles),
@@ -743,6 +751,8 @@ class Pair:
                 side.wp.stop()
             with contextlib.suppress(Exception):
                 side.upstream.stop()
+            with contextlib.suppress(Exception):
+                side.upstream2.stop()
             with contextlib.suppress(OSError):
                 side.dead.close()
 
