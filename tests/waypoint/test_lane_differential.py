@@ -696,11 +696,8 @@ def test_chunks_arriving_together_while_streaming():
         same(p, answered=1)
 
 
-@pytest.mark.xfail(strict=True, reason="difference (timing): the lane waits for a request's "
-                   "whole body (up to 64 KiB) before deciding anything, so a request answered "
-                   "locally (404 NR here) is handed over whole and counted with its 5 body "
-                   "bytes; the Python path answers at the head and counts istio_request_bytes 0")
 def test_local_answer_before_the_body():
+    # (fixed in the lane: a head whose body is still coming is decided at once; no plan → Python now)
     with Pair(SERVICES, CONFIG) as p:
         p.run([rq("POST /a HTTP/1.1", "Content-Length: 5", host="Host: nosuch.demo\r\n"),
                b"hello"], ["POST"], gap=0.1)

@@ -1005,6 +1005,7 @@ cdef class LaneDown:
     cdef char sid[16]                  # parent's (from traceparent): a retry in Python
     cdef char psid[16]                 # sends them again
     cdef bint has_ids, has_parent
+    cdef int no_plan_why
     cdef bytes rid
     # the response
     cdef Buf rb                        # raw upstream bytes not yet parsed
@@ -1100,6 +1101,10 @@ cdef class LaneDown:
                     # arms it (a body still arriving keeps the idle timer)
                     self.partial = True
                     self.down._arm(self.down.server.header_timeout_s, "slow")
+                elif self.h.head_len > 0 and self.plan_for() is None:
+                    # the head is in, its body is not: a request the lane will not take
+                    # goes to Python now, which decides at the head (a 404 before the body)
+                    self.handover(self.no_plan_why, None)
                 return
             if r < 0:
                 self.handover(-r - 1, None)
@@ -1143,14 +1148,33 @@ cdef class LaneDown:
         finally:
             buf_free(&k)
 
+    cdef Plan plan_for(self):
+        """The plan for the request at the front of the buffer (its head is in), or None
+        (`no_plan_why` says why)."""
+        cdef bytes key = self.key()
+        cdef PyObject *hit
+        if key is None:
+            self.no_plan_why = R_REPEATED
+            return None
+        hit = PyDict_GetItem(self.lane.plans, key)
+        if hit == NULL:
+            obj = self.lane.glue.decide(self.down, self.request_fields())
+            if len(self.lane.plans) >= 10000:
+                self.lane.plans.clear()
+            self.lane.plans[key] = obj
+        else:
+            obj = <object>hit
+        if obj is None:
+            self.no_plan_why = R_NO_PLAN
+            return None
+        return <Plan>obj
+
     cdef int take(self) except -2:
         """Start the request at the front of the buffer; -1 when it is under way, else the
         reason to hand it over."""
         cdef Head *h = &self.h
         cdef const unsigned char *p = <const unsigned char *>self.inb.p
         cdef Lane lane = self.lane
-        cdef bytes key = self.key()
-        cdef PyObject *hit
         cdef Plan plan
         cdef ClusterLane cl
         cdef LaneUp up = None, c
@@ -1158,19 +1182,9 @@ cdef class LaneDown:
         cdef bint sampled = False
         cdef const unsigned char *tp
         cdef int i
-        if key is None:
-            return R_REPEATED
-        hit = PyDict_GetItem(lane.plans, key)
-        if hit == NULL:
-            obj = lane.glue.decide(self.down, self.request_fields())
-            if len(lane.plans) >= 10000:
-                lane.plans.clear()
-            lane.plans[key] = obj
-        else:
-            obj = <object>hit
-        if obj is None:
-            return R_NO_PLAN
-        plan = <Plan>obj
+        plan = self.plan_for()
+        if plan is None:
+            return self.no_plan_why
         # trace context: strict W3C traceparent, or none
         self.span = None
         self.span_lines = None
