@@ -13,11 +13,26 @@ import os
 
 log = logging.getLogger("lacewing.waypoint.fastlane")
 
-try:
-    from waypoint.fastlane import _lane as native
-except ImportError as e:  # not built (or built for another Python): the Python path serves
-    native = None
-    log.info("waypoint fast lane not available (%s); requests take the Python path", e)
+def _load():
+    """The built module, unless it is missing or older than its source (a checkout changed
+    `_lane.pyx` and setup has not rebuilt it: its classes may not match this code)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    try:
+        from waypoint.fastlane import _lane
+    except ImportError as e:  # not built (or for another Python): the Python path serves
+        log.info("waypoint fast lane not available (%s); requests take the Python path", e)
+        return None
+    source = here / "_lane.pyx"
+    if source.exists() and Path(_lane.__file__).stat().st_mtime < source.stat().st_mtime:
+        log.warning("waypoint fast lane is older than its source (run scripts/setup.sh); "
+                    "requests take the Python path")
+        return None
+    return _lane
+
+
+native = _load()
 
 
 def enabled(requested: bool = True) -> bool:
