@@ -45,13 +45,22 @@ REASONS = {
 
 
 class ProtocolError(Exception):
-    """The peer broke HTTP/1.1. `status` is what to answer (0: just close); `kind` counts it."""
+    """The peer broke HTTP/1.1. `status` is what to answer (0: just close); `kind` counts it.
+    `ready`: the requests that arrived whole before the bad bytes (`RequestReader.feed`):
+    they are answered first, in order, and the error answer after them."""
+
+    ready: list[Request] = []
 
     def __init__(self, status: int, kind: str, detail: str = "") -> None:
         super().__init__(f"{status} {kind}: {detail}" if detail else f"{status} {kind}")
         self.status = status
         self.kind = kind
         self.detail = detail
+
+
+class _OutOfStep(Exception):
+    """Raised from a `ResponseReader` callback to stop llhttp at bytes that follow a
+    complete answer (it would go on parsing them as the next message, or a HEAD body)."""
 
 
 @dataclass(slots=True)
@@ -113,11 +122,18 @@ class RequestReader:
         self.max_headers = max_headers
         self.max_body = max_body
         self.retain = retain
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = self._new_parser()
         self._ready: list[Request] = []
         self._head_raw = 0
         self.expect_continue = False
         self._reset()
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # After a request with `Connection: close` (or HTTP/1.0 without keep-alive) the rest
+        # of the input is never processed (RFC 9112 §9.6): llhttp skips it, not an error.
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return parser
 
     def _reset(self) -> None:
         self._url = b""
@@ -263,23 +279,26 @@ class RequestReader:
             # The request before the upgrade point is complete; ignore the Upgrade and go on
             # with a fresh parser for whatever follows.
             offset = up.args[0] if up.args else len(data)
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = self._new_parser()
             rest = data[offset:]
             if rest:
                 return self.feed(rest)  # returns everything ready, the upgrade request too
-        except ProtocolError:
-            raise
         except httptools.HttpParserError as e:
             cause = e.__context__
             if isinstance(cause, ProtocolError):
-                raise cause from None
-            raise ProtocolError(400, "malformed", str(e)) from None
+                raise self._with_ready(cause) from None
+            raise self._with_ready(ProtocolError(400, "malformed", str(e))) from None
         if self._in_head and self._head_raw > self.max_head + 8192:
-            raise ProtocolError(431, "headers_too_large")
+            raise self._with_ready(ProtocolError(431, "headers_too_large"))
         if self._head_done and self._stream is None:
             self._start_stream()
         ready, self._ready = self._ready, []
         return ready
+
+    def _with_ready(self, error: ProtocolError) -> ProtocolError:
+        """The error, carrying the requests that were whole before it (answered first)."""
+        error.ready, self._ready = self._ready, []
+        return error
 
     def fail(self, reason: str) -> None:
         """The connection ended (or broke) in the middle of a streamed body."""
@@ -289,7 +308,17 @@ class RequestReader:
 
 
 class ResponseReader:
-    """Feed bytes from an upstream; `done` once a whole response has arrived."""
+    """Feed bytes from an upstream; `done` once a whole response has arrived.
+
+    Exactly one response per request: bytes after a complete one in the same read (a second
+    response, junk, a body after a HEAD/204/304 answer) are not parsed — they mean the
+    connection is out of step, so `keep_alive` turns False (never pooled). Refused as
+    `ProtocolError` (the proxy's failed try, 503 UC): a status outside 100..599, a 101 (the
+    proxy never asks for an upgrade), a version other than HTTP/1.0 or 1.1, a
+    Transfer-Encoding other than exactly `chunked` (as Envoy does: a coding would be lost).
+    A HEAD answer has no body (RFC 9112 §6.3), with or without a length: it keeps the
+    connection unless it says close.
+    """
 
     __slots__ = ("_parser", "status", "headers", "_body", "done", "keep_alive", "head_only",
                  "_started", "head_complete", "stream", "trailers")
@@ -320,6 +349,8 @@ class ResponseReader:
         self.trailers = None
 
     def on_message_begin(self) -> None:
+        if self.done:
+            raise _OutOfStep   # a second message after the answer: never parsed
         self._started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -328,18 +359,51 @@ class ResponseReader:
                 self.trailers = []
             self.trailers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
             return
-        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        n = name.decode("latin-1").lower()
+        if n == "transfer-encoding":
+            self._transfer_encoding(value)
+        self.headers.append((n, value.decode("latin-1")))
+
+    def _transfer_encoding(self, value: bytes) -> None:
+        if value.strip(b" \t").lower() != b"chunked" or any(
+                n == "transfer-encoding" for n, _ in self.headers):
+            raise ProtocolError(502, "upstream_transfer_encoding",
+                                value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        if 100 <= self.status < 200 and self.status != 101:
-            return  # informational (100 Continue, 103 Early Hints): the real answer follows
+        p = self._parser
+        status = self.status = p.get_status_code()
+        if status < 200:
+            if status >= 100 and status != 101:
+                return  # informational (100 Continue, 103 Early Hints): the real one follows
+            raise ProtocolError(502, "upstream_status", str(status))   # (101: never asked)
+        if status > 599:
+            raise ProtocolError(502, "upstream_status", str(status))
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise ProtocolError(502, "upstream_version", version)
         self.head_complete = True
-        if self.head_only or self.status in (204, 304):
-            self.keep_alive = self._parser.should_keep_alive()
+        if self.head_only or status == 204 or status == 304:
+            keep = p.should_keep_alive()
+            if not keep and self.head_only:
+                keep = self._head_keeps_alive(version)
+            self.keep_alive = keep
             self.done = True
 
+    def _head_keeps_alive(self, version: str) -> bool:
+        """llhttp does not know the request was HEAD: an answer without a length looks
+        close-delimited to it. It is not (no body): only `Connection` decides."""
+        tokens: set[str] = set()
+        for n, v in self.headers:
+            if n == "connection":
+                tokens.update(t.strip().lower() for t in v.split(","))
+        if "close" in tokens:
+            return False
+        return version == "1.1" or "keep-alive" in tokens
+
     def on_body(self, data: bytes) -> None:
+        if self.done:
+            raise _OutOfStep   # a body after a HEAD answer: never counted or relayed
         if self.stream is not None:
             self.stream.feed(data)
         else:
@@ -375,13 +439,20 @@ class ResponseReader:
 
     def feed(self, data: bytes) -> None:
         if self.done:
+            self.keep_alive = False    # bytes after the answer: out of step
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
             if self.done:
+                self.keep_alive = False   # bytes after the answer: out of step
                 return
+            cause = e.__context__
+            if isinstance(cause, ProtocolError):
+                raise cause from None
             raise ProtocolError(502, "upstream_malformed", str(e)) from None
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError(502, "upstream_status", "101") from None
 
     def feed_eof(self) -> bool:
         """The upstream closed: a response delimited by close is complete now."""

@@ -1805,11 +1805,7 @@ class Downstream(asyncio.Protocol):
         try:
             requests = self.reader.feed(data)
         except http1.ProtocolError as e:
-            self.metrics.protocol_error("http1", e.kind)
-            self.reader.fail("malformed")
-            if e.status:
-                self.transport.write(http1.error_response(e.status, e.kind.encode()))
-            self._close()
+            self._bad_input(e)
             return
         if requests:
             for r in requests:
@@ -1835,8 +1831,42 @@ class Downstream(asyncio.Protocol):
         elif streaming is not None or not self.queue:
             self._arm(self.server.idle_timeout_s, "idle")
 
+    def _bad_input(self, e: http1.ProtocolError) -> None:
+        """The client broke HTTP/1.1. Requests that arrived whole before the bad bytes (and
+        any being answered) are answered first, in order; then the error answer (`_serve`),
+        and the connection closes. Nothing after the bad bytes is read. A request whose
+        body was still arriving is broken itself: the error is answered at once."""
+        self.metrics.protocol_error("http1", e.kind)
+        broken = self.reader.streaming is not None
+        self.reader.fail("malformed")
+        busy = self.task is not None and self.idle is None
+        if broken or not (e.ready or self.queue or busy):
+            if e.status:
+                self.transport.write(http1.error_response(e.status, e.kind.encode()))
+            self._close()
+            return
+        self.failed = e
+        self.discarding = True           # input after the bad bytes is dropped
+        for r in e.ready:
+            if r.stream is not None:
+                r.stream.on_consumed = self._body_consumed(r.stream)
+        self.queue.extend(e.ready)
+        self._arm(self.server.idle_timeout_s, "idle")    # (not a slow client any more)
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve())
+        elif self.idle is not None and not self.idle.done():
+            self.idle.set_result(None)
+
+    def _answer_failed(self) -> None:
+        """Every request before the bad bytes is answered: now the error, then close."""
+        e, self.failed = self.failed, None
+        if e.status:
+            self.transport.write(http1.error_response(e.status, e.kind.encode()))
+        self._close()
+
     timer_why = "idle"
     deadline = 0.0
+    failed: http1.ProtocolError | None = None   # answered once the queue before it is
 
     async def _serve(self) -> None:
         """Answer queued requests in order. Between requests the task waits for the next
@@ -1845,6 +1875,9 @@ class Downstream(asyncio.Protocol):
         try:
             while not self.closed:
                 if not self.queue:
+                    if self.failed is not None:
+                        self._answer_failed()
+                        return
                     if not self.discarding and not self.reader.mid_request:
                         self._arm(self.server.idle_timeout_s, "idle")
                     self.idle = fut = self.loop.create_future()
