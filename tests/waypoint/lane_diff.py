@@ -402,11 +402,12 @@ def one_chunk(data: bytes, methods: list[str]) -> bytes:
 
 
 def exchange(port: int, pieces: list[bytes], methods: list[str], *, gap: float = 0.0,
-             timeout: float = 10.0, settle: float = 0.2, context=None,
+             timeout: float = 10.0, settle: float = 0.1, context=None,
              abort_after: int | None = None, half_close: bool = False) -> Transcript:
     """Send each piece as its own write (waiting `gap` between them), then read responses —
     one per method, HEAD ones without a body — until they are all in, the connection ends,
     or `timeout`; then wait `settle` seconds to see whether the connection stays open
+    (for an answer that said `connection: close`, until it closes or `timeout`)
     (`settle=0`: not looked at, the end is "unchecked").
     With `context` (a client `ssl.SSLContext`) the connection is TLS: a principal.
     `abort_after`: the client closes its socket (a reset if bytes are unread) once it has
@@ -457,7 +458,12 @@ def exchange(port: int, pieces: list[bytes], methods: list[str], *, gap: float =
             data += chunk
         if not settle:
             return Transcript(data, got, "unchecked")
-        sock.settimeout(settle)
+        last = data[:pos]
+        last = last[last.rfind(b"HTTP/1."):]
+        announced = b"\r\nconnection: close\r\n" in last[:last.find(b"\r\n\r\n") + 2].lower()
+        # (a close the answer announced is waited for; otherwise `settle` shows one that
+        # was not announced, which follows the answer at once)
+        sock.settimeout(max(deadline - time.monotonic(), settle) if announced else settle)
         while True:
             try:
                 chunk = sock.recv(65536)
