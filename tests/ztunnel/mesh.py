@@ -32,6 +32,26 @@ def free_port(ip: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def reserve_port(ips: tuple[str, ...]) -> tuple[int, list[socket.socket]]:
+    """A port free on every one of `ips`, held by bound (not listening) SO_REUSEADDR sockets
+    until the caller closes them: no connect() takes it as an ephemeral port meanwhile (a
+    port merely found free can be, by the test's own client connections), and a listener
+    with SO_REUSEADDR may still bind it (as the tunnels do)."""
+    for _ in range(50):
+        held: list[socket.socket] = []
+        try:
+            for ip in ips:
+                s = socket.socket()
+                held.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((ip, held[0].getsockname()[1] if len(held) > 1 else 0))
+            return held[0].getsockname()[1], held
+        except OSError:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no port free on all of {ips}")
+
+
 class Pod:
     """An echo server; the first line it sends is the peer address it sees."""
 
@@ -68,7 +88,8 @@ class Mesh:
     def __init__(self, tmp: Path, *, placements: dict, **config) -> None:
         self.cluster = Cluster(tmp, placements=placements)
         self.orig: dict[tuple[str, int], tuple[str, int]] = {}
-        self.tunnel_port = free_port("127.0.0.2")
+        # the tunnel port both nodes listen on, held until they do (`start`)
+        self.tunnel_port, self._held = reserve_port(("127.0.0.1", "127.0.0.2"))
         self.logs: dict[str, io.StringIO] = {}
         self.registries: dict[str, CollectorRegistry] = {}
         self.tunnels: dict[str, Tunnel] = {}
@@ -96,6 +117,12 @@ class Mesh:
                                                             access_log=self.logs[node]))
             await t.start()
             self.tunnels[node] = t
+        self._release_port()
+
+    def _release_port(self) -> None:
+        for s in self._held:
+            s.close()
+        self._held = []
 
     async def pod(self, ip: str, port: int = 8080, **kw) -> Pod:
         p = Pod(ip, port, **kw)
@@ -132,6 +159,7 @@ class Mesh:
         return total
 
     async def close(self) -> None:
+        self._release_port()
         for t in self.tunnels.values():
             await t.close()
         for p in self.pods:
