@@ -22,6 +22,8 @@ import socket
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.waypoint.conftest import make_snapshot
 from tests.waypoint.lane_diff import Act, Upstream, by_header, exchange, reply, scrape, web
@@ -106,6 +108,23 @@ def test_answers_that_cannot_be_relayed_faithfully_are_refused(data, kind):
     with pytest.raises(http1.ProtocolError) as e:
         response(data)
     assert e.value.kind == kind and e.value.status == 502
+
+
+@settings(max_examples=60, deadline=None)
+@given(framing=st.sampled_from(["length", "chunked"]), info=st.booleans(),
+       body=st.sampled_from([b"", b"x", b"hello world"]),
+       extra=st.sampled_from([b"", b"junk", reply(200, body=b"two"), b"HTTP/1.1 "]),
+       cuts=st.sets(st.integers(1, 200), max_size=4))
+def test_one_answer_however_the_reads_fall(framing, info, body, extra, cuts):
+    answer = (b"HTTP/1.1 100 Continue\r\n\r\n" if info else b"") + reply(
+        200, body=body, framing=framing)
+    data = answer + extra
+    points = sorted(c for c in cuts if c < len(data))
+    r = http1.ResponseReader()
+    for a, b in zip([0, *points], [*points, len(data)], strict=True):
+        r.feed(data[a:b])
+    assert r.done and r.status == 200 and r.response().body == body
+    assert r.keep_alive is (extra == b"")
 
 
 def test_chunked_in_any_case_with_whitespace_is_still_chunked():
