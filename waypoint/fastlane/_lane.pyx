@@ -1980,40 +1980,46 @@ cdef class LaneDown:
 
     cdef expire(self, double now):
         """The route or per-try deadline passed."""
-        cdef LaneUp up = self.up
         if self.state == ST_IDLE:
             self.set_deadline(1e300)
             return
         if now >= self.route_deadline:
             if self.state == ST_BODY and self.streaming:
-                self.release_up(False)
-                if up is not None:
-                    up.abort()
-                self.finish(self.status, b"UT", self.sent)
-                self.closed = True
-                self.transport.abort()
+                self.cut_stream(b"UT")
                 return
-            self.release_up(False)
-            if up is not None:
-                up.abort()
-            elif self.state == ST_CONNECT:
-                a = self.addr
-                self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
+            self.drop_try()
             self.resume(R_ROUTE_TIMEOUT, None, None)
             return
         if now >= self.try_deadline and self.state in (ST_HEAD, ST_CONNECT):
-            self.release_up(False)
-            if up is not None:
-                up.abort()
-            elif self.state == ST_CONNECT:
-                a = self.addr
-                self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
+            self.drop_try()
             self.resume(R_FAILURE, "timeout", None)
             return
         if self.lane.idle_s > 0 and now >= self.active_at + self.lane.idle_s:
             self.stream_idle()
             return
         self.set_deadline(self.next_deadline())
+
+    cdef drop_try(self):
+        """Give up the try in progress: its upstream connection is not reused (aborted), or
+        the connect under way no longer counts in its host's in-flight requests."""
+        cdef LaneUp up = self.up
+        self.release_up(False)
+        if up is not None:
+            up.abort()
+        elif self.state == ST_CONNECT:
+            a = self.addr
+            self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
+
+    cdef cut_stream(self, bytes flag):
+        """An answer already streaming downstream ends early (`flag`: UT, SI): the upstream
+        connection and the client's are aborted, so the client sees it was cut short."""
+        cdef LaneUp up = self.up
+        self.release_up(False)
+        if up is not None:
+            up.abort()
+        self.finish(self.status, flag, self.sent)
+        self.closed = True
+        self.transport.abort()
 
     cdef double next_deadline(self):
         cdef double d = min(self.route_deadline, self.try_deadline)
@@ -2024,22 +2030,11 @@ cdef class LaneDown:
     cdef stream_idle(self):
         """No byte either way for the stream idle timeout (`waypoint/stream_idle.py`): a 408
         when nothing was answered yet, else the connection is reset; flag SI."""
-        cdef LaneUp up = self.up
         cdef Series s
         if self.state == ST_BODY and self.streaming:
-            self.release_up(False)
-            if up is not None:
-                up.abort()
-            self.finish(self.status, b"SI", self.sent)
-            self.closed = True
-            self.transport.abort()
+            self.cut_stream(b"SI")
             return
-        self.release_up(False)
-        if up is not None:
-            up.abort()
-        elif self.state == ST_CONNECT:
-            a = self.addr
-            self.cl.in_flight[a] = self.cl.in_flight.get(a, 1) - 1
+        self.drop_try()
         payload, series = self.lane.glue.stream_idle_answer(self.plan)
         if series is not False:
             s = <Series>series
