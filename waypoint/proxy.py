@@ -611,23 +611,29 @@ class ClusterState:
 
     def pick(self, now: float, avoid: list[str]) -> Host | None:
         candidates = self.addresses
-        if self.outlier is not None:
-            candidates = self.outlier.usable(candidates, now)
-            if self.lane is not None and self.lane.ask_python:
-                self.lane.sync()      # a host may have returned
+        od = self.outlier
+        if od is not None:
+            seen, sweep = len(od.events), od.next_sweep
+            candidates = od.usable(candidates, now)
+            if self.lane is not None and (len(od.events) != seen or od.next_sweep != sweep):
+                self.lane.sync()      # the sweep ran: a host may have returned
         address = self.balancer.pick(candidates, lambda a: self.in_flight.get(a, 0), avoid=avoid)
         return None if address is None else self.by_address[address]
 
     def record(self, host: Host, outcome: int | str, now: float) -> None:
         if self.outlier is not None:
-            before = len(self.outlier.events)
-            self.outlier.record(host.address, outcome, now)
-            for kind, _ in self.outlier.events[before:]:
+            od = self.outlier
+            before, sweep = len(od.events), od.next_sweep
+            od.record(host.address, outcome, now)
+            for kind, _ in od.events[before:]:
                 if kind == "eject":
                     self.metrics.ejections.labels(self.cluster.name).inc()
-            del self.outlier.events[:-100]
-            if self.lane is not None:
-                self.lane.sync()
+            if self.lane is not None:   # what the lane reads of the detector: kept current
+                if len(od.events) != before or od.next_sweep != sweep:
+                    self.lane.sync()
+                else:
+                    self.lane.note(host.address)
+            del od.events[:-100]
 
     # --- connections --------------------------------------------------------------------
     def idle_connection(self, host: Host) -> UpstreamConn | None:

@@ -652,8 +652,19 @@ cdef class ClusterLane:
         self.max_requests = lim.max_requests
         self.sync()
 
+    def note(self, address):
+        """One host's consecutive-failure counts changed, and nothing was ejected or returned
+        (Python calls this after `record`; `sync` is for the rest)."""
+        od = self.state.outlier
+        s = od.hosts.get(address) if od is not None else None
+        if s is not None and (s.consecutive_5xx or s.consecutive_gateway):
+            self.dirty.add(address)
+        else:
+            self.dirty.discard(address)
+
     def sync(self):
-        """Ejections and consecutive-failure counts changed (Python calls this)."""
+        """Ejections, returns or the next sweep time changed: everything again (Python calls
+        this)."""
         od = self.state.outlier
         if od is None:
             self.ask_python = False
