@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from pathlib import Path
 
 from perf.parse import parse_wrk
 from perf.scenarios.haproxy_http import CONFIG as HAPROXY_CONFIG
-from perf.scenarios.lacewing_l7 import BOOTSTRAP
+from perf.scenarios.lacewing_l7 import BOOTSTRAP, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -97,16 +96,8 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 
 def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    if proc is not None and proc.poll() is None:
+        stop_all([proc])
 
 
 @dataclass
