@@ -2,7 +2,10 @@
 
 Before: a node network namespace (the current one, or a path such as /run/netns/NAME). After
 `connected(netns)`: the (ip, port) pairs at the local end and at the remote end of every IPv4
-TCP socket there that is part of a connection (not listening, not in TIME_WAIT or closed).
+TCP socket there that is part of a connection (not listening, not in TIME_WAIT or closed)
+and still has an owner: an orphan (its process closed it; it lingers in FIN_WAIT2 or
+LAST_ACK up to tcp_fin_timeout) only finishes closing, and the kernel resets any data that
+still reaches it.
 
 The datapath asks this before it drops a Service VIP from `lw_vips`: the tunnel's accepted
 socket for a captured VIP connection has the VIP as its local address (bpf_sk_assign keeps the
@@ -50,6 +53,7 @@ def connected(netns: str | None = None) -> Connected:
             rows = ds.get_sock_stats(family=socket.AF_INET, states=CONNECTED_STATES)
         except NetlinkError as e:
             raise OSError(e.code, f"sock_diag dump refused: {e}") from None
+        rows = [r for r in rows if r["idiag_inode"]]     # orphans only finish closing
         local = frozenset((r["idiag_src"], r["idiag_sport"]) for r in rows)
         remote = frozenset((r["idiag_dst"], r["idiag_dport"]) for r in rows)
     return Connected(local, remote)

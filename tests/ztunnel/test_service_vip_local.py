@@ -179,7 +179,13 @@ def test_unenrolled_caller_through_a_service_vip(make_cluster, tmp_path):
 
         # the pods leave the mesh: their VIPs leave node0's map, the DNAT serves them again
         mesh.stop()
-        wait_for("node0's lw_vips emptied", lambda: dp.services() == {} or None)
+        try:
+            wait_for("node0's lw_vips emptied", lambda: dp.services() == {} or None)
+        except AssertionError as e:   # say what kept an entry draining
+            from node_agent.open_sockets import connected
+            owned = connected("/run/netns/" + node0["netns"])
+            raise AssertionError(f"{e}: {dp.services()}, the node's owned connections: "
+                                 f"{owned}") from None
         assert call(cluster, "legacy/outsider", "near.mesh") == f"near {outsider}"
     finally:
         dp.close()
