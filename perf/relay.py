@@ -54,35 +54,46 @@ int lw_t_verdict(struct __sk_buff *skb)
 {
     /* slot 0: the accepted socket (local port = original destination port), slot 1: upstream */
     __u32 to = skb->local_port == DPORT ? 1 : 0;
-    return bpf_sk_redirect_map(skb, (void *)bpf_pseudo_fd(1, MAPFD), to, 0);
+    return bpf_sk_redirect_map(skb, (void *)bpf_pseudo_fd(1, TARGETS), to, 0);
 }
 """
 
 
 class Splicer:
-    """One BPF sockmap + sk_skb verdict program per destination port (test only: uses BCC)."""
+    """Two BPF sockmaps + an sk_skb verdict program per destination port (test only: uses
+    BCC). The verdict is attached to `sources` and redirects into `targets` (no program), and
+    both sockets are targets before either is a source: a redirect to an empty slot would drop
+    the bytes that arrive in between (node_agent/ztunnel/splice.py does the same)."""
 
     def __init__(self, dport: int):
         from bcc import BPF
 
         from node_agent.bpf.syscall import Map, map_create, prog_attach
 
-        # BCC 0.26 has no sk_redirect_map method for sockmaps: make the map here and hand
-        # its fd to the C as a pseudo map fd
-        self.map = Map(map_create(map_type=15, key_size=4, value_size=4, max_entries=2,
-                                  name="lw_t_pair"))
+        # BCC 0.26 has no sk_redirect_map method for sockmaps: make the maps here and hand
+        # their fds to the C as pseudo map fds
+        self.sources, self.targets = (
+            Map(map_create(map_type=15, key_size=4, value_size=4, max_entries=2, name=name))
+            for name in ("lw_t_pair", "lw_t_to"))
         self.bpf = BPF(text=SPLICE_C.encode(),
-                       cflags=[f"-DDPORT={dport}", f"-DMAPFD={self.map.fd}"])
+                       cflags=[f"-DDPORT={dport}", f"-DTARGETS={self.targets.fd}"])
         fn = self.bpf.load_func(b"lw_t_verdict", BPF.SK_SKB)
-        prog_attach(target_fd=self.map.fd, prog_fd=fn.fd, attach_type=5)  # STREAM_VERDICT
+        prog_attach(target_fd=self.sources.fd, prog_fd=fn.fd, attach_type=5)  # STREAM_VERDICT
 
     def pair(self, conn: socket.socket, up: socket.socket) -> None:
-        self.map.update((0).to_bytes(4, "little"), conn.fileno().to_bytes(4, "little"))
-        self.map.update((1).to_bytes(4, "little"), up.fileno().to_bytes(4, "little"))
+        for m in (self.targets, self.sources):
+            m.update((0).to_bytes(4, "little"), conn.fileno().to_bytes(4, "little"))
+            m.update((1).to_bytes(4, "little"), up.fileno().to_bytes(4, "little"))
 
     def unpair(self) -> None:
-        self.map.delete((0).to_bytes(4, "little"))
-        self.map.delete((1).to_bytes(4, "little"))
+        for m in (self.sources, self.targets):
+            m.delete((0).to_bytes(4, "little"))
+            m.delete((1).to_bytes(4, "little"))
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+        self.sources.close()
+        self.targets.close()
 
 
 def pipe_counting(src: socket.socket, dst: socket.socket, counter: list) -> None:
@@ -119,6 +130,7 @@ def serve_spliced(conn: socket.socket, lock: threading.Lock) -> None:
     pipe_counting(conn, up, copied)
     t.join()
     splicer.unpair()
+    splicer.close()
     with lock:
         print(json.dumps({"copied": sum(copied)}), flush=True)
     conn.close()

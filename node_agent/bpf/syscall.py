@@ -246,6 +246,8 @@ class Map:
     def _elem(self, cmd: int, key: bytes, value=None, flags: int = 0) -> int:
         if len(key) != self.key_size:
             raise ValueError(f"map {self.name}: key of {len(key)} bytes, expected {self.key_size}")
+        if self.fd < 0:
+            raise BpfError(errno.EBADF, f"map {self.name}: used after close")
         k = ctypes.create_string_buffer(key, self.key_size)
         a = _attr()
         struct.pack_into("=IIQQQ", a, 0, self.fd, 0, _addr(k), _addr(value), flags)

@@ -4,10 +4,17 @@ redirects each socket's bytes to its peer's send side) so that user space copies
 
 Before: `python -m node_agent.ztunnel.splice load --pin-dir D` (short-lived: it is the only
 step that runs BCC/LLVM) created the maps, compiled and loaded the verdict program, attached it
-to the sockhash and pinned all three under D. After: the tunnel's `Splicer.open(D)` works on the
-pinned maps with raw bpf(2) calls: `pair(a, b)` puts both sockets in the sockhash (keyed by
-socket cookie) and each one's cookie as the other's peer; `forget(a, b)` removes the peers.
-The kernel drops a socket from the sockhash when it closes.
+to the source sockhash and pinned all four under D. After: the tunnel's `Splicer.open(D)` works
+on the pinned maps with raw bpf(2) calls: `pair(a, b)` records each socket's cookie as the
+other's peer, puts both sockets in the target sockhash (no program: their bytes still queue
+for user space), and only then in the source sockhash, whose verdict redirects to the target
+one; `forget(a, b)` removes all three entries. The kernel drops a socket from both sockhashes
+when it closes.
+
+Why two sockhashes: a verdict consumes every skb it sees, and `bpf_sk_redirect_hash` to a
+socket not in the map drops it. With one map, bytes that reached the first socket entered
+before the second one was in were lost (acknowledged to the sender, never delivered: the
+connection stalled). Each socket is a redirect target before either has a verdict.
 
 Bytes read by user space before the pair was made are forwarded by the relay itself; bytes
 queued in the socket are consumed by the verdict at the next arrival, in order. EOF still
@@ -33,6 +40,7 @@ SO_COOKIE = 57
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_SOCKHASH = 1, 18
 BPF_SK_SKB_STREAM_VERDICT = 5
 MAX = 65536
+PINS = ("socks", "targets", "peers", "prog")
 
 VERDICT_C = r"""
 #include <uapi/linux/bpf.h>
@@ -43,7 +51,7 @@ int lw_splice(struct __sk_buff *skb)
     if (!peer)
         return SK_PASS;
     __u64 key = *peer;
-    return bpf_sk_redirect_hash(skb, (void *)bpf_pseudo_fd(1, SOCKS_FD), &key, 0);
+    return bpf_sk_redirect_hash(skb, (void *)bpf_pseudo_fd(1, TARGETS_FD), &key, 0);
 }
 """
 
@@ -74,12 +82,14 @@ def load(pin_dir: str) -> dict:
     os.makedirs(pin_dir, exist_ok=True)
     socks = map_create(map_type=BPF_MAP_TYPE_SOCKHASH, key_size=8, value_size=4,
                        max_entries=MAX, name="lw_splice_sk")
+    targets = map_create(map_type=BPF_MAP_TYPE_SOCKHASH, key_size=8, value_size=4,
+                         max_entries=MAX, name="lw_splice_to")
     peers = map_create(map_type=BPF_MAP_TYPE_HASH, key_size=8, value_size=8, max_entries=MAX,
                        name="lw_splice_peer")
-    b = BPF(text=VERDICT_C.encode(), cflags=[f"-DPEERS_FD={peers}", f"-DSOCKS_FD={socks}"])
+    b = BPF(text=VERDICT_C.encode(), cflags=[f"-DPEERS_FD={peers}", f"-DTARGETS_FD={targets}"])
     fn = b.load_func(b"lw_splice", BPF.SK_SKB)
     prog_attach(target_fd=socks, prog_fd=fn.fd, attach_type=BPF_SK_SKB_STREAM_VERDICT)
-    for name, fd in (("socks", socks), ("peers", peers), ("prog", fn.fd)):
+    for name, fd in (("socks", socks), ("targets", targets), ("peers", peers), ("prog", fn.fd)):
         path = os.path.join(pin_dir, name)
         if os.path.exists(path):
             os.unlink(path)
@@ -88,7 +98,7 @@ def load(pin_dir: str) -> dict:
 
 
 def unload(pin_dir: str) -> None:
-    for name in ("socks", "peers", "prog"):
+    for name in PINS:
         try:
             os.unlink(os.path.join(pin_dir, name))
         except FileNotFoundError:
@@ -100,30 +110,42 @@ def unload(pin_dir: str) -> None:
 
 
 class Splicer:
-    def __init__(self, socks: Map, peers: Map) -> None:
+    """`socks`: the sockhash with the verdict (sources); `targets`: the sockhash it redirects
+    to (no program); `peers`: cookie -> the peer's cookie."""
+
+    def __init__(self, socks: Map, targets: Map, peers: Map) -> None:
         self.socks = socks
+        self.targets = targets
         self.peers = peers
 
     @classmethod
     def open(cls, pin_dir: str) -> Splicer:
-        return cls(Map(obj_get(os.path.join(pin_dir, "socks"))),
-                   Map(obj_get(os.path.join(pin_dir, "peers"))))
+        return cls(*(Map(obj_get(os.path.join(pin_dir, name)))
+                     for name in ("socks", "targets", "peers")))
 
     def pair(self, a, b) -> tuple[int, int]:
+        """Splice a and b (both connected, not read by user space from now on). The order
+        matters: a verdict may run on a's bytes as soon as a is in `socks`, so b must be a
+        target with a known peer by then (and the other way round)."""
         ca, cb = cookie(a), cookie(b)
         self.peers.update(struct.pack("Q", ca), struct.pack("Q", cb))
         self.peers.update(struct.pack("Q", cb), struct.pack("Q", ca))
-        self.socks.update(struct.pack("Q", ca), struct.pack("I", a.fileno()))
-        self.socks.update(struct.pack("Q", cb), struct.pack("I", b.fileno()))
+        for sock, c in ((a, ca), (b, cb)):
+            self.targets.update(struct.pack("Q", c), struct.pack("I", sock.fileno()))
+        for sock, c in ((a, ca), (b, cb)):
+            self.socks.update(struct.pack("Q", c), struct.pack("I", sock.fileno()))
         return ca, cb
 
     def forget(self, ca: int, cb: int) -> None:
         for c in (ca, cb):
-            self.peers.delete(struct.pack("Q", c))
-            self.socks.delete(struct.pack("Q", c))
+            key = struct.pack("Q", c)
+            self.socks.delete(key)
+            self.peers.delete(key)
+            self.targets.delete(key)
 
     def close(self) -> None:
         self.socks.close()
+        self.targets.close()
         self.peers.close()
 
 
