@@ -16,7 +16,9 @@ lane off (`LACEWING_WAYPOINT_FAST_LANE=0`), or `haproxy` (HAProxy 2.6, one threa
 haproxy-http scenario's configuration) as the native-code reference. Rounds
 alternate the variants (rotated order) and the medians are reported. `--profile S` records
 the first variant with py-spy for S seconds under the same load and prints where the time
-goes (leaf and inclusive). Results also go to perf/results/bench_waypoint-<UTC time>.json.
+goes (leaf and inclusive). `--route weighted` makes the default route a 90/10 split between
+subsets v1 and v2 (two endpoints on the one nginx): canary traffic. Results also go to
+perf/results/bench_waypoint-<UTC time>.json.
 
     .venv/bin/python -m perf.bench_waypoint --variant before=HEAD~1 --variant after=. \
         --rounds 5 --duration 5
@@ -117,7 +119,30 @@ def export(rev: str, into: Path) -> Path:
     return into
 
 
-def start_proxy(v: Variant, work: Path, upstream: int) -> tuple[subprocess.Popen, int]:
+WEIGHTED_ROUTE = ("  - route: [{destination: {host: server, subset: v1}, weight: 90},\n"
+                  "            {destination: {host: server, subset: v2}, weight: 10}]\n")
+
+
+def bootstrap(upstream: int, route: str) -> str:
+    """The lacewing-l7 bootstrap in front of `upstream`; `route="weighted"`: the default
+    route splits 90/10 between subsets v1 and v2 (a second endpoint, version v2, on the
+    same server), as a canary rollout does."""
+    text = BOOTSTRAP.format(server=HOST).replace(f"ip: {HOST}, port: 80,",
+                                                 f"ip: {HOST}, port: {upstream},")
+    if route == "weighted":
+        one = f"  - {{name: server, ip: {HOST}, port: {upstream}, labels: {{app: server, version: v1}}}}\n"
+        default = "  - route: [{destination: {host: server, subset: v1}}]\n    timeout: 10s\n"
+        if one not in text or default not in text:
+            raise RuntimeError("perf/scenarios/lacewing_l7.py BOOTSTRAP changed: update "
+                               "bench_waypoint.bootstrap")
+        text = text.replace(one, one + one.replace("name: server,", "name: server-v2,")
+                            .replace("version: v1", "version: v2"))
+        text = text.replace(default, WEIGHTED_ROUTE + "    timeout: 10s\n")
+    return text
+
+
+def start_proxy(v: Variant, work: Path, upstream: int, *, route: str = "default"
+                ) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = work / f"{v.name}.log"
     env = {k: val for k, val in os.environ.items() if "proxy" not in k.lower()}
@@ -129,8 +154,7 @@ def start_proxy(v: Variant, work: Path, upstream: int) -> tuple[subprocess.Popen
         cwd = work
     else:
         boot = work / "bootstrap.yaml"
-        boot.write_text(BOOTSTRAP.format(server=HOST).replace(
-            f"ip: {HOST}, port: 80,", f"ip: {HOST}, port: {upstream},"))
+        boot.write_text(bootstrap(upstream, route))
         argv = [sys.executable, "-m", "waypoint", "--bootstrap", str(boot),
                 "--listen", f"{HOST}:{port}", "--metrics", f"{HOST}:0",
                 "--default-service", "perf/server"]
@@ -155,7 +179,7 @@ def wrk(port: int, *, duration: int, connections: int, threads: int) -> str:
 
 
 def measure(v: Variant, work: Path, upstream: int, args) -> dict:
-    proc, port = start_proxy(v, work, upstream)
+    proc, port = start_proxy(v, work, upstream, route=args.route)
     try:
         wrk(port, duration=1, connections=args.connections, threads=args.threads)  # warm up
         user0, sys0 = cpu_times(proc.pid)
@@ -183,7 +207,7 @@ def measure(v: Variant, work: Path, upstream: int, args) -> dict:
 def profile(v: Variant, work: Path, upstream: int, args) -> None:
     """py-spy on the waypoint under the same load; leaf and inclusive shares."""
     spy = Path(sys.executable).with_name("py-spy")
-    proc, port = start_proxy(v, work, upstream)
+    proc, port = start_proxy(v, work, upstream, route=args.route)
     raw = work / "profile.txt"
     try:
         load = subprocess.Popen(["wrk", f"-t{args.threads}", f"-c{args.connections}",
@@ -234,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=REV",
                    help="a git revision, '.' (working tree) or 'haproxy'; repeatable "
                    "(default: current=.)")
+    p.add_argument("--route", choices=("default", "weighted"), default="default",
+                   help="weighted: the default route splits 90/10 between two subsets "
+                   "(a canary), else one destination")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=int, default=5, help="seconds of load per sample")
     p.add_argument("--connections", type=int, default=64)
@@ -303,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_waypoint-{stamp}.json"
-    out.write_text(json.dumps({"duration_s": args.duration, "connections": args.connections,
+    out.write_text(json.dumps({"duration_s": args.duration, "route": args.route,
+                               "connections": args.connections,
                                "threads": args.threads, "variants": summary}, indent=1))
     print(f"results: {out}")
     return 0

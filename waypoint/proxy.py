@@ -46,7 +46,7 @@ from waypoint.outlier import OutlierDetector, OutlierSettings
 from waypoint.paths import BadTarget, Target, normalize_target
 from waypoint.pool import PoolCounters, PoolLimits
 from waypoint.ratelimit import TokenBucket
-from waypoint.router import RequestView, apply_header_ops, select_route
+from waypoint.router import RequestView, apply_header_ops, pick_weighted, select_route
 from waypoint.router import plan as make_plan
 from waypoint.stream_idle import StreamIdle
 from waypoint.streaming import HIGH_WATER_BYTES, RETRY_BUFFER_BYTES, Body
@@ -1207,6 +1207,11 @@ class Waypoint:
                 self.metrics.ratelimited.labels(key[0]).inc()
                 return svc, None, self._local(policy.spec.status, "RL", rl_headers)
         namespace = svc.namespace
+        drawn = None
+        if rq.resume is not None:       # the fast lane drew this request's destination
+            drawn = rq.resume.drawn
+            if rq.resume.host is None:
+                rq.resume = None        # ... and made no try: `_forward` starts afresh
         if routes is None:
             dest_svc, dest_port, subset = svc, port, ""
             path, authority = target.path, rq.authority
@@ -1214,8 +1219,8 @@ class Waypoint:
             timeout_s, policy, mirror, fault = None, retry.ISTIO_DEFAULT, None, None
             cluster = cfg.cluster(dest_svc, dest_port, subset)
         else:
-            decided = self._route_decision(uid, port, routes, inputs, rq.method, rq.authority,
-                                           target, headers)[0]
+            decided = self._route_decision(uid, port, routes, inputs, rq.method,
+                                           rq.authority, target, headers, drawn=drawn)[0]
             if isinstance(decided, Outgoing):
                 return svc, None, decided
             (namespace, dest_svc, dest_port, subset, path, authority, req_ops, resp_ops,
@@ -1249,44 +1254,66 @@ class Waypoint:
         return svc, host, out
 
     def _route_decision(self, uid: str, port: int, routes, inputs, method: str,
-                        authority: str, target: Target, headers: dict
+                        authority: str, target: Target, headers: dict, *, drawn=None
                         ) -> tuple[tuple | Outgoing, bool]:
         """Route, plan and destination for a request of a Service with routes (the Python
-        pipeline and the fast lane's plans use this): `(decided, deterministic)`, or
-        `(Outgoing, False)` for a local answer (404 NR, 503 UH).
+        pipeline): `(decided, deterministic)`, or `(Outgoing, False)` for a local answer
+        (404 NR, 503 UH). `drawn`: the (route, destination) the fast lane drew for this
+        request before handing it back (`fastlane.plans.Resume.drawn`): taken instead of
+        drawing again when that route is still the one selected.
 
         A route decision that draws no random number (one destination, no fault, no
         mirror) depends only on what the matches read: it is cached per those inputs."""
-        cfg = self.config
         names, by_query = inputs
         rkey = (uid, port, method, target.path, target.query if by_query else None,
                 tuple(map(headers.get, names)) if names else ())
         decided = self._decisions.get(rkey)
         if decided is not None:
             return decided, True
-        view = RequestView(method, authority, target.path, target.query, headers)
-        selected = select_route(routes, view)
+        selected = self._select_route(routes, method, authority, target, headers)
         if selected is None:
             return self._local(404, "NR"), False
-        route, match = selected
-        p = make_plan(route, match, view, self.rng)
-        namespace = cfg.route_owner[uid].namespace
-        dest_svc = cfg.service_by_fqdn(p.destination.host, namespace)
-        if dest_svc is None:
-            return self._local(503, "UH", body=b"no such destination service"), False
-        dest_port = p.destination.port.number if p.destination.port else (
-            port if any(sp.port == port for sp in dest_svc.ports)
-            else (dest_svc.ports[0].port if dest_svc.ports else port))
-        subset = p.destination.subset or ""
-        decided = (namespace, dest_svc, dest_port, subset, p.path, p.authority,
-                   p.request_ops, p.response_ops, p.timeout_s, p.retry, p.mirror,
-                   p.fault, cfg.cluster(dest_svc, dest_port, subset))
+        route, match, view = selected
+        dest = drawn[1] if drawn is not None and drawn[0] is route else \
+            pick_weighted(route, self.rng)
+        decided = self._destination_decision(uid, port, route, match, view, dest)
+        if isinstance(decided, Outgoing):
+            return decided, False
         deterministic = len(route.route) == 1 and route.fault is None and route.mirror is None
         if deterministic:
             if len(self._decisions) >= 10000:
                 self._decisions.clear()
             self._decisions[rkey] = decided
         return decided, deterministic
+
+    @staticmethod
+    def _select_route(routes, method: str, authority: str, target: Target, headers: dict):
+        """(route, match, view) of the first route that matches, or None."""
+        view = RequestView(method, authority, target.path, target.query, headers)
+        selected = select_route(routes, view)
+        return None if selected is None else (selected[0], selected[1], view)
+
+    def _destination_decision(self, uid: str, port: int, route, match, view: RequestView,
+                              dest) -> tuple | Outgoing:
+        """One destination of a selected route (`dest`, an HTTPRouteDestination, already
+        drawn): its Service, port, subset and cluster, the route's and then the
+        destination's header operations, and the route's rewrite, timeout, retry policy,
+        fault and mirror — or a 503 UH when the destination names no Service. The Python
+        pipeline calls it for the destination it drew; the fast lane's plans
+        (`fastlane/plans.py`) once for each destination a weighted route can draw."""
+        cfg = self.config
+        p = make_plan(route, match, view, self.rng, dest=dest)
+        namespace = cfg.route_owner[uid].namespace
+        dest_svc = cfg.service_by_fqdn(p.destination.host, namespace)
+        if dest_svc is None:
+            return self._local(503, "UH", body=b"no such destination service")
+        dest_port = p.destination.port.number if p.destination.port else (
+            port if any(sp.port == port for sp in dest_svc.ports)
+            else (dest_svc.ports[0].port if dest_svc.ports else port))
+        subset = p.destination.subset or ""
+        return (namespace, dest_svc, dest_port, subset, p.path, p.authority,
+                p.request_ops, p.response_ops, p.timeout_s, p.retry, p.mirror,
+                p.fault, cfg.cluster(dest_svc, dest_port, subset))
 
     def _describe_service(self, svc: Service) -> tuple:
         cfg = self.config

@@ -77,6 +77,18 @@ def select_route(routes: tuple[HTTPRoute, ...], r: RequestView
     return None
 
 
+def drawable(route: HTTPRoute) -> list[tuple[object, float]]:
+    """The destinations `pick_weighted` can return, with the weights it draws them by:
+    one (weight 1.0) when it draws no number (a single destination, or all weights 0 or
+    unset), else every destination of weight > 0 — so that a draw x in [0, total) taken
+    over these in order picks exactly what `pick_weighted` picks for the same x."""
+    dests = route.route
+    total = sum(d.weight or 0 for d in dests)
+    if len(dests) == 1 or total <= 0:
+        return [(dests[0], 1.0)]
+    return [(d, float(d.weight)) for d in dests if (d.weight or 0) > 0]
+
+
 def pick_weighted(route: HTTPRoute, rng: random.Random):
     dests = route.route
     if len(dests) == 1:
@@ -180,8 +192,12 @@ def _retry_policy(route: HTTPRoute) -> RetryPolicy:
 
 
 def plan(route: HTTPRoute, match: HTTPMatchRequest | None, r: RequestView,
-         rng: random.Random) -> RoutePlan:
-    dest = pick_weighted(route, rng)
+         rng: random.Random, *, dest=None) -> RoutePlan:
+    """The route's plan for one of its destinations: `dest` when the caller drew it
+    already (or builds a plan per destination), else drawn here (`pick_weighted`). The
+    destination's header operations come after the route's."""
+    if dest is None:
+        dest = pick_weighted(route, rng)
     req_ops, resp_ops = [], []
     for h in (route.headers, dest.headers):
         if h is not None:

@@ -576,11 +576,26 @@ cdef class Plan:
     cdef int last_status
     cdef Series last_series             # ... and its series
     cdef public bint send_length        # POST/PUT/PATCH: content-length even when 0
+    cdef public list subs               # a weighted route: one plan per destination it can
+    cdef public list weights            # draw and their weights (floats), drawn per request
+    cdef public double total            # as `router.pick_weighted` draws; else None
+    cdef public object drawn            # a destination's plan: (route, destination), which
+                                        # a handed-back request carries (`Resume.drawn`)
 
     def __init__(self):
         self.series = {}
         self.drop = []
         self.resp_drop = []
+
+    cdef Plan draw(self, Ids ids):
+        """One destination's plan: x uniform in [0, total), then `pick_weighted`'s walk."""
+        cdef double x = <double>(ids.next() >> 11) * (1.0 / 9007199254740992.0) * self.total
+        cdef Py_ssize_t i, n = len(self.subs)
+        for i in range(n):
+            x -= <double>self.weights[i]
+            if x < 0:
+                return <Plan>self.subs[i]
+        return <Plan>self.subs[n - 1]
 
 
 cdef inline bint in_names(list names, const unsigned char *s, Py_ssize_t n) noexcept:
@@ -1002,6 +1017,7 @@ cdef class LaneDown:
     # the request in flight
     cdef Head h
     cdef Plan plan
+    cdef object draw                   # a weighted route's drawn (route, destination)
     cdef ClusterLane cl
     cdef LaneUp up
     cdef int host
@@ -1122,7 +1138,9 @@ cdef class LaneDown:
                 return
             why = self.take()
             if why >= 0:
-                self.handover(why, None)
+                # (after a weighted route's draw, e.g. its pool is full: Python answers for
+                # the drawn destination, it does not draw again)
+                self.handover(why, None if self.draw is None else self.lane.glue.drawn(self.draw))
                 return
 
     cdef bytes key(self):
@@ -1193,9 +1211,13 @@ cdef class LaneDown:
         cdef bint sampled = False
         cdef const unsigned char *tp
         cdef int i
+        self.draw = None
         plan = self.plan_for()
         if plan is None:
             return self.no_plan_why
+        if plan.subs is not None:          # a weighted route: this request's destination
+            plan = plan.draw(lane.ids)
+            self.draw = plan.drawn
         # trace context: strict W3C traceparent, or none
         self.span = None
         self.span_lines = None
@@ -1984,7 +2006,7 @@ cdef class LaneDown:
                    PyBytes_FromStringAndSize(self.psid, 16) if self.has_parent else None)
         r = self.lane.glue.resume(self.cl, self.hostobj, outcome, response, self.start,
                                   self.span, self.rid, why == R_STALE, why == R_ROUTE_TIMEOUT,
-                                  ids)
+                                  ids, self.plan.drawn if self.plan is not None else None)
         self.span = None
         self.end_request()
         self.handover(why, r)
@@ -2091,7 +2113,7 @@ cdef class LaneDown:
         down.laned = None
         down.resume = resume
         # after Python answered it, the connection comes back to the lane
-        # (`Downstream._serve`): one request outside the lane's subset (a weighted route,
+        # (`Downstream._serve`): one request outside the lane's subset (a fault route,
         # a b3 header) does not keep the connection's next ones from it
         down.lane_back = True
         self.transport.set_protocol(down)

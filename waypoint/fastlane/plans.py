@@ -10,9 +10,15 @@ connection moves to the lane), on outlier-relevant outcomes (`record`), per metr
 none of these calls.
 
 A Plan exists only when the lane can do everything the Python pipeline would and the result
-is deterministic: a Service, no authorization policy (the Service's or any host's
-workload's), no rate limit, one destination (no weights drawn), no fault, no mirror, an
-HTTP/1.1 cluster with hosts, and header operations on ordinary names only.
+is deterministic or a weighted draw: a Service, no authorization policy (the Service's or
+any host's workload's), no rate limit, no fault, no mirror, and for every destination the
+route can draw (`router.drawable`: weight > 0, or the first when none has a weight) an
+HTTP/1.1 cluster with hosts and header operations on ordinary names only. A route with
+several such destinations gets a parent plan holding one plan per destination (each made
+from `Waypoint._destination_decision`, as the pipeline makes its drawn one) and their
+weights; the lane draws among them per request as `router.pick_weighted` does, and a
+request it hands back after a try carries its draw (`Resume.drawn`), so Python retries
+within the drawn destination. If any drawable destination has no plan, the route has none.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 from waypoint import http1, retry
 from waypoint.fastlane import native
 from waypoint.paths import BadTarget, normalize_target
-from waypoint.router import apply_header_ops
+from waypoint.router import apply_header_ops, drawable
 from waypoint.telemetry import TRACE_HEADERS, LightSpan, Tracing
 
 # Header names a plan's operations may not touch (the lane writes these itself).
@@ -34,13 +40,14 @@ RESERVED = http1.HOP_BY_HOP | TRACE_HEADERS | {"x-request-id", "x-forwarded-prot
 
 class Resume:
     """A request the lane started and gives back before answering it: `_forward` takes
-    its first try from here (same `tried`, retries, backoff and route deadline)."""
+    its first try from here (same `tried`, retries, backoff and route deadline). With
+    `host` None no try was made: only the weighted route's draw (`drawn`) goes back."""
 
     __slots__ = ("start", "span", "request_id", "host", "outcome", "response", "stale",
-                 "route_timeout")
+                 "route_timeout", "drawn")
 
     def __init__(self, *, start: float, span, request_id: str | None, host, outcome,
-                 response, stale: bool, route_timeout: bool) -> None:
+                 response, stale: bool, route_timeout: bool, drawn=None) -> None:
         self.start = start
         self.span = span
         self.request_id = request_id
@@ -49,6 +56,7 @@ class Resume:
         self.response = response       # (headers, body) of a retriable answer
         self.stale = stale             # a pooled connection had closed: try again, uncounted
         self.route_timeout = route_timeout
+        self.drawn = drawn             # (route, destination) the lane drew: not drawn again
 
     async def replay(self, waypoint, state, host, payload, head_only: bool, stream):
         """The first try's result, as `Waypoint._try` would have returned or raised it."""
@@ -125,20 +133,45 @@ class Glue:
         if policies or ratelimits:
             return None
         if routes is None:
-            dest_svc, dest_port, subset = svc, port, ""
-            path, rewritten = target.path, None
-            req_ops = resp_ops = ()
-            timeout_s, policy = None, retry.ISTIO_DEFAULT
-            cluster = cfg.cluster(dest_svc, dest_port, subset)
-        else:
-            decided, deterministic = wp._route_decision(uid, port, routes, inputs, method,
-                                                        authority, target, headers)
-            if not deterministic or not isinstance(decided, tuple):
+            return self._plan(method, authority, target, principal, svc, (
+                None, svc, port, "", target.path, None, (), (), None, retry.ISTIO_DEFAULT,
+                None, None, cfg.cluster(svc, port, "")), None)
+        selected = wp._select_route(routes, method, authority, target, headers)
+        if selected is None:
+            return None
+        route, match, view = selected
+        if route.fault is not None or route.mirror is not None:
+            return None
+        # One plan per destination the route can draw, each from the pipeline's own
+        # per-destination decision; any of them without a plan: none at all.
+        subs = []
+        for dest, weight in drawable(route):
+            decided = wp._destination_decision(uid, port, route, match, view, dest)
+            if not isinstance(decided, tuple):
                 return None
-            (_, dest_svc, dest_port, subset, path, rewritten, req_ops, resp_ops, timeout_s,
-             policy, mirror, fault, cluster) = decided
-            if mirror is not None or fault.delay_s or fault.abort_status is not None:
+            plan = self._plan(method, authority, target, principal, svc, decided,
+                              (route, dest))
+            if plan is None:
                 return None
+            subs.append((plan, weight))
+        if len(subs) == 1:
+            return subs[0][0]
+        parent = native.Plan()            # the lane draws one of `subs` per request
+        parent.subs = [p for p, _ in subs]
+        parent.weights = [w for _, w in subs]
+        parent.total = sum(parent.weights)
+        return parent
+
+    def _plan(self, method: str, authority: str, target, principal, svc, decided, drawn):
+        """The plan of one destination (`decided` as `Waypoint._destination_decision` gives
+        it), or None when the lane cannot do exactly what the pipeline would."""
+        wp = self.wp
+        cfg = wp.config
+        (_, _, _, _, path, rewritten, req_ops, resp_ops, timeout_s, policy, mirror, fault,
+         cluster) = decided
+        if mirror is not None or (fault is not None and (
+                fault.delay_s or fault.abort_status is not None)):
+            return None
         if cluster is None or not cluster.hosts or cluster.h2:
             return None
         if any(cfg.authz_for_workload(h.workload) for h in cluster.hosts):
@@ -172,6 +205,7 @@ class Glue:
                                       for s in range(600))
         plan.send_length = method in ("POST", "PUT", "PATCH")
         plan.context = (svc, principal)
+        plan.drawn = drawn
         return plan
 
     # --- connections and outcomes ---------------------------------------------------------
@@ -268,8 +302,15 @@ class Glue:
         span.end()
 
     # --- handing back -----------------------------------------------------------------------
+    def drawn(self, drawn) -> Resume:
+        """A weighted route's request handed back before any try (its destination's pool is
+        full, no host to pick, ...): only its draw goes with it (`host` None)."""
+        return Resume(start=self.wp.clock(), span=None, request_id=None, host=None,
+                      outcome=None, response=None, stale=False, route_timeout=False,
+                      drawn=drawn)
+
     def resume(self, cl, host, outcome, response, start: float, span, rid,
-               stale: bool, route_timeout: bool, ids=None) -> Resume:
+               stale: bool, route_timeout: bool, ids=None, drawn=None) -> Resume:
         if span is None and ids is not None:      # the unsampled span the first try carried
             tid, sid, parent = ids
             span = LightSpan(tid.decode("ascii"), sid.decode("ascii"),
@@ -277,7 +318,7 @@ class Glue:
         return Resume(start=start, span=span,
                       request_id=rid.decode("latin-1") if rid is not None else None,
                       host=host, outcome=outcome, response=response, stale=stale,
-                      route_timeout=route_timeout)
+                      route_timeout=route_timeout, drawn=drawn)
 
 
 def _ops(ops_list) -> tuple[bytes, set[str]]:
