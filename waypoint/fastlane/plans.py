@@ -10,8 +10,11 @@ connection moves to the lane), on outlier-relevant outcomes (`record`), per metr
 none of these calls.
 
 A Plan exists only when the lane can do everything the Python pipeline would and the result
-is deterministic or a weighted draw: a Service, no authorization policy (the Service's or
-any host's workload's), no rate limit, no fault, no mirror, and for every destination the
+is deterministic or a weighted draw: a Service whose L7 authorization policies (its own,
+and those of every host's workload) read only what the plan key holds (principal, method,
+normalized path, Host, port — no source IP, no request header) and ALLOW the request (a
+denial is Python's 403; the key holds the principal itself, so the decision is per
+principal), no rate limit, no fault, no mirror, and for every destination the
 route can draw (`router.drawable`: weight > 0, or the first when none has a weight) an
 HTTP/1.1 cluster with hosts and header operations on ordinary names only. A route with
 several such destinations gets a parent plan holding one plan per destination (each made
@@ -28,6 +31,7 @@ import contextlib
 import ssl
 import time
 
+from waypoint import authz as authz_mod
 from waypoint import http1, retry
 from waypoint.fastlane import native
 from waypoint.paths import BadTarget, normalize_target
@@ -130,12 +134,17 @@ class Glue:
         if svc is None:
             return None
         _, uid, policies, ratelimits, routes, inputs = wp._describe_service(svc)
-        if policies or ratelimits:
+        if ratelimits:
+            return None
+        # L7 authorization as the pipeline asks it (`_pipeline`, and `_forward` per host):
+        # a plan only when it allows and reads nothing the plan key does not hold
+        attrs = authz_mod.RequestAttributes(method, authority, target.path, port, principal)
+        if policies and not _allows(policies, attrs):
             return None
         if routes is None:
             return self._plan(method, authority, target, principal, svc, (
                 None, svc, port, "", target.path, None, (), (), None, retry.ISTIO_DEFAULT,
-                None, None, cfg.cluster(svc, port, "")), None)
+                None, None, cfg.cluster(svc, port, "")), None, attrs)
         selected = wp._select_route(routes, method, authority, target, headers)
         if selected is None:
             return None
@@ -150,7 +159,7 @@ class Glue:
             if not isinstance(decided, tuple):
                 return None
             plan = self._plan(method, authority, target, principal, svc, decided,
-                              (route, dest))
+                              (route, dest), attrs)
             if plan is None:
                 return None
             subs.append((plan, weight))
@@ -162,7 +171,8 @@ class Glue:
         parent.total = sum(parent.weights)
         return parent
 
-    def _plan(self, method: str, authority: str, target, principal, svc, decided, drawn):
+    def _plan(self, method: str, authority: str, target, principal, svc, decided, drawn,
+              attrs):
         """The plan of one destination (`decided` as `Waypoint._destination_decision` gives
         it), or None when the lane cannot do exactly what the pipeline would."""
         wp = self.wp
@@ -174,8 +184,10 @@ class Glue:
             return None
         if cluster is None or not cluster.hosts or cluster.h2:
             return None
-        if any(cfg.authz_for_workload(h.workload) for h in cluster.hosts):
-            return None
+        for h in cluster.hosts:          # whichever host is picked must allow it
+            wl_policies = cfg.authz_for_workload(h.workload)
+            if wl_policies and not _allows(wl_policies, attrs):
+                return None
         for ops in (*req_ops, *resp_ops):
             touched = {n.lower() for n in (*ops.remove, *ops.set, *ops.add)}
             if touched & RESERVED:
@@ -319,6 +331,30 @@ class Glue:
                       request_id=rid.decode("latin-1") if rid is not None else None,
                       host=host, outcome=outcome, response=response, stale=stale,
                       route_timeout=route_timeout, drawn=drawn)
+
+
+# What a policy may read for its decision to be the plan's: the principal (and the
+# namespace and service account in it), method, normalized path, Host, and the Service's port
+# — all in the plan key. Source IPs and request headers are not.
+_KEY_CONDITIONS = frozenset({"source.principal", "source.namespace", "destination.port"})
+
+
+def _reads_only_the_key(policies) -> bool:
+    for p in policies:
+        for rule in p.spec.rules:
+            for f in rule.from_:
+                if f.source is not None and (f.source.ip_blocks or f.source.not_ip_blocks):
+                    return False
+            if any(c.key not in _KEY_CONDITIONS for c in rule.when):
+                return False
+    return True
+
+
+def _allows(policies, attrs) -> bool:
+    """Whether `policies` allow every request of this plan's shape: they read only what the
+    plan key holds (so the decision is the same for all of them) and allow this one. A
+    denial stays with the Python path (403 `RBAC: access denied`)."""
+    return _reads_only_the_key(policies) and authz_mod.evaluate(policies, attrs).allowed
 
 
 def _ops(ops_list) -> tuple[bytes, set[str]]:
