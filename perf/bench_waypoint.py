@@ -17,7 +17,8 @@ haproxy-http scenario's configuration) as the native-code reference. Rounds
 alternate the variants (rotated order) and the medians are reported. `--profile S` records
 the first variant with py-spy for S seconds under the same load and prints where the time
 goes (leaf and inclusive). `--route weighted` makes the default route a 90/10 split between
-subsets v1 and v2 (two endpoints on the one nginx): canary traffic. Results also go to
+subsets v1 and v2 (two endpoints on the one nginx): canary traffic; `--route authz` adds
+an ALLOW AuthorizationPolicy (method and path) that the load passes. Results also go to
 perf/results/bench_waypoint-<UTC time>.json.
 
     .venv/bin/python -m perf.bench_waypoint --variant before=HEAD~1 --variant after=. \
@@ -123,10 +124,25 @@ WEIGHTED_ROUTE = ("  - route: [{destination: {host: server, subset: v1}, weight:
                   "            {destination: {host: server, subset: v2}, weight: 10}]\n")
 
 
+AUTHZ_POLICY = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: server, namespace: perf}
+spec:
+  targetRefs: [{kind: Service, group: "", name: server}]
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [GET, HEAD], paths: ["/*"]}}]
+"""
+
+
 def bootstrap(upstream: int, route: str) -> str:
     """The lacewing-l7 bootstrap in front of `upstream`; `route="weighted"`: the default
     route splits 90/10 between subsets v1 and v2 (a second endpoint, version v2, on the
-    same server), as a canary rollout does."""
+    same server), as a canary rollout does; `route="authz"`: an ALLOW AuthorizationPolicy
+    on the Service that the load's requests pass."""
+    if route == "authz":
+        return bootstrap(upstream, "default").rstrip("\n") + "\n" + AUTHZ_POLICY
     text = BOOTSTRAP.format(server=HOST).replace(f"ip: {HOST}, port: 80,",
                                                  f"ip: {HOST}, port: {upstream},")
     if route == "weighted":
@@ -258,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=REV",
                    help="a git revision, '.' (working tree) or 'haproxy'; repeatable "
                    "(default: current=.)")
-    p.add_argument("--route", choices=("default", "weighted"), default="default",
+    p.add_argument("--route", choices=("default", "weighted", "authz"), default="default",
                    help="weighted: the default route splits 90/10 between two subsets "
-                   "(a canary), else one destination")
+                   "(a canary); authz: an ALLOW AuthorizationPolicy on the Service")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=int, default=5, help="seconds of load per sample")
     p.add_argument("--connections", type=int, default=64)
