@@ -287,7 +287,7 @@ POOL_CONFIG = CONFIG.replace("  host: web\n  subsets:", "  host: web\n  trafficP
 
 
 def _holds(rq) -> Act:
-    return Act(reply(200, body=b"slow"), delay=1.5) if rq.target == "/hold" else ok(rq)
+    return Act(reply(200, body=b"slow"), delay=2.5) if rq.target == "/hold" else ok(rq)
 
 
 def test_full_pool_of_the_drawn_destination_is_answered_for_it():
