@@ -128,12 +128,16 @@ class Splicer:
         matters: a verdict may run on a's bytes as soon as a is in `socks`, so b must be a
         target with a known peer by then (and the other way round)."""
         ca, cb = cookie(a), cookie(b)
-        self.peers.update(struct.pack("Q", ca), struct.pack("Q", cb))
-        self.peers.update(struct.pack("Q", cb), struct.pack("Q", ca))
-        for sock, c in ((a, ca), (b, cb)):
-            self.targets.update(struct.pack("Q", c), struct.pack("I", sock.fileno()))
-        for sock, c in ((a, ca), (b, cb)):
-            self.socks.update(struct.pack("Q", c), struct.pack("I", sock.fileno()))
+        try:
+            self.peers.update(struct.pack("Q", ca), struct.pack("Q", cb))
+            self.peers.update(struct.pack("Q", cb), struct.pack("Q", ca))
+            for sock, c in ((a, ca), (b, cb)):
+                self.targets.update(struct.pack("Q", c), struct.pack("I", sock.fileno()))
+            for sock, c in ((a, ca), (b, cb)):
+                self.socks.update(struct.pack("Q", c), struct.pack("I", sock.fileno()))
+        except OSError:         # e.g. a map is full: the caller copies instead, so leave
+            self.forget(ca, cb)  # no entry behind (the peers map is not cleaned on close)
+            raise
         return ca, cb
 
     def forget(self, ca: int, cb: int) -> None:

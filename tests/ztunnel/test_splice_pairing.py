@@ -84,3 +84,32 @@ def test_bytes_arriving_while_the_pair_is_made_all_reach_the_peer():
     finally:
         listener.close()
         splicer.close()
+
+
+def test_a_pair_the_kernel_refuses_leaves_nothing_behind():
+    """When a socket cannot enter the maps (here: one not connected), `pair` raises and removes
+    what it had put in, so the other socket keeps working as a plain one (the tunnel then
+    copies instead) and the peers map, which the kernel does not clean, keeps no entry."""
+    import struct
+
+    from node_agent.ztunnel.splice import cookie
+
+    _require_root_and_bcc()
+    splicer = _load_splicer()
+    assert splicer is not None, "the splice loader failed"
+    listener = socket.create_server(("127.0.0.1", 0))
+    unconnected = socket.socket()
+    x, a = _tcp_pair(listener)
+    try:
+        with pytest.raises(OSError):
+            splicer.pair(a, unconnected)
+        key = struct.pack("Q", cookie(a))
+        assert splicer.peers.lookup(key) is None
+        assert key not in set(splicer.targets.keys())   # (a sockhash's values are not readable)
+        x.sendall(b"still plain")
+        assert _read_exactly(a, 11) == b"still plain"
+    finally:
+        for s in (x, a, unconnected):
+            s.close()
+        listener.close()
+        splicer.close()
