@@ -16,12 +16,17 @@ answered by the lane-on waypoint, and that both answer every request with the sa
   source.namespace, destination.port, source.ip and request.headers[...]) and generated
   requests (targets built to hit path normalization: `//`, `%2F`/`%2f`/`%5C`, `/./`,
   `/../`, escaped letters in either case, `#frag`, `?query`, trailing slashes; Host case
-  and port; route-read and policy-read headers) sent over several kept-alive mutual-TLS
-  connections with different principals (and one without a certificate), shapes repeated
-  across connections and orders; then a second snapshot adds a policy (mostly DENY) and the
-  same requests go again over the same connections. Once without and once with the node
-  tunnel's header (the Service and port then come from the tunnel target, the source
-  address from the header).
+  and port; route-read and policy-read headers) sent over three kept-alive mutual-TLS
+  connections (different principals, one without a certificate, or one principal on
+  different tunnel targets), one at a time or pipelined, then every shape on every
+  connection in a drawn order (so a plan cached for one key is looked up by the others);
+  then a second snapshot adds a policy (mostly DENY) and the same requests go again over
+  the same connections. Once without and once with the node tunnel's header (the Service
+  and port then come from the tunnel target, the source address from the header).
+  `test_fuzz_the_per_connection_key_*` narrow the policies to who calls (and the port),
+  so that every Service keeps plans and only the key's per-connection part decides.
+  Each answer pair must be byte-identical, and a refusal by Python a refusal by the lane
+  (`check`). The budget is 80 examples per test (LW_LANE_FUZZ_EXAMPLES=N to change it).
 - focused probes of what the key might miss (principals, separators in a principal, a
   header only a policy reads, a snapshot turning a kept-alive connection's plan into a
   denial, the port from the Host vs from the tunnel target);
@@ -36,6 +41,7 @@ fixtures, also on failure.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -414,9 +420,25 @@ _rules = st.fixed_dictionaries({}, optional={
 })
 
 
+_IDENTITY_FIELDS = {k: SOURCE_FIELDS[k] for k in ("principals", "notPrincipals",
+                                                   "namespaces", "notNamespaces")}
+# A rule on who calls (and maybe which port) only: such a policy splits the same request
+# shape into allowed and denied by principal or by Service/port — the decisions a plan key
+# that lost its principal or tunnel target would share.
+_identity_rules = st.builds(
+    lambda source, ports: {"from": [{"source": source}],
+                           **({"to": [{"operation": {"ports": ports}}]} if ports else {})},
+    st.lists(st.sampled_from(sorted(_IDENTITY_FIELDS)), min_size=1, max_size=1).flatmap(
+        lambda names: st.fixed_dictionaries({n: st.lists(st.sampled_from(SOURCE_FIELDS[n]),
+                                                         min_size=1, max_size=2, unique=True)
+                                             for n in names})),
+    st.sampled_from([None, None, ["80"], ["8080"]]))
+
+
 def _policies(actions=("ALLOW", "DENY")):
     return st.tuples(st.sampled_from(actions), st.sampled_from(sorted(SCOPES)),
-                     st.lists(_rules, min_size=1, max_size=2))
+                     st.one_of(st.lists(_identity_rules, min_size=1, max_size=1),
+                               st.lists(_rules, min_size=1, max_size=2)))
 
 
 def config_of(policies) -> str:
@@ -482,9 +504,16 @@ _shapes = st.tuples(
     st.sampled_from(HOSTS),
     st.tuples(st.sampled_from([None, "open", "shut"]), st.sampled_from([None, "1"])))
 
-_who = st.builds(Who, st.sampled_from(sorted(CLIENTS)),
-                 st.sampled_from([(WEB_VIP, 80), (WEB_VIP, 8080), (API_VIP, 80)]),
-                 st.sampled_from(["10.1.0.5", "10.2.0.7"]))
+TARGETS = [(WEB_VIP, 80), (WEB_VIP, 8080), (API_VIP, 80)]
+# three connections of three different clients (alice first more often than not), each
+# with its tunnel target and source address
+_conns = st.tuples(
+    st.one_of(st.permutations(sorted(CLIENTS)),
+              st.permutations(sorted(set(CLIENTS) - {"alice"})).map(lambda p: ["alice", *p])),
+    st.one_of(st.permutations(TARGETS),
+              st.lists(st.sampled_from(TARGETS), min_size=3, max_size=3)),
+    st.lists(st.sampled_from(["10.1.0.5", "10.2.0.7"]), min_size=3, max_size=3),
+).map(lambda t: [Who(*who) for who in zip(t[0], t[1], t[2], strict=False)])
 
 
 def shape_bytes(shape) -> bytes:
@@ -525,27 +554,55 @@ def run_scenario(pair: Pair, contexts, *, policies, extra, conns, shapes, order,
 
 # A modest budget (the suite stays well under a minute); LW_LANE_FUZZ_EXAMPLES=N for a
 # longer run by hand.
-_FUZZ = settings(max_examples=int(os.environ.get("LW_LANE_FUZZ_EXAMPLES", "60")), deadline=None, derandomize=True, database=None,
+_FUZZ = settings(max_examples=int(os.environ.get("LW_LANE_FUZZ_EXAMPLES", "80")),
+                 deadline=None, derandomize=True, database=None,
                  suppress_health_check=list(HealthCheck))
 
 
-def _fuzz(pair: Pair, contexts) -> dict[int, int]:
+def _fuzz(pair: Pair, contexts, *, policies=None, shapes=None, examples: int | None = None
+          ) -> dict[int, int]:
     seen: dict[int, int] = {}
+    distinct: set[str] = set()
+    fuzz = _FUZZ if examples is None else settings(_FUZZ, max_examples=examples)
 
-    @_FUZZ
-    @given(policies=st.lists(_policies(), max_size=3),
+    @fuzz
+    @given(policies=st.lists(_policies(), min_size=1, max_size=3) if policies is None
+           else policies,
            extra=_policies(("DENY", "DENY", "ALLOW")),
-           conns=st.lists(_who, min_size=1, max_size=3),
-           shapes=st.lists(_shapes, min_size=1, max_size=4),
-           order=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), min_size=2,
-                          max_size=10),
-           pipelined=st.booleans())
-    def one(policies, extra, conns, shapes, order, pipelined):
+           conns=_conns,
+           shapes=st.lists(_shapes, min_size=1, max_size=4) if shapes is None else shapes,
+           order=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), min_size=3,
+                          max_size=12),
+           pipelined=st.booleans(), same_client=st.sampled_from([False, False, True]),
+           sweep=st.permutations(range(3)))
+    def one(policies, extra, conns, shapes, order, pipelined, same_client, sweep):
+        if same_client:     # one principal on every connection (targets and ports differ)
+            conns = [dataclasses.replace(c, client=conns[0].client) for c in conns]
+        # then every shape on every connection, in a drawn order of connections: a plan
+        # cached for one connection's key is looked up by all the others
+        order = order + [(c, s) for s in range(len(shapes)) for c in sweep if c < len(conns)]
+        distinct.add(repr((policies, extra, conns, shapes, order, pipelined)))
         run_scenario(pair, contexts, policies=policies, extra=extra, conns=conns,
                      shapes=shapes, order=order, pipelined=pipelined, seen=seen)
 
     one()
+    print("distinct examples", len(distinct), "statuses", seen)
     return seen
+
+
+# The plan key's per-connection part: policies on who calls (and the port) only, so every
+# Service keeps its plans, and plain shapes sent on three connections (three clients, or
+# one client on three tunnel targets) — a key that lost the principal or the tunnel
+# target would hand one connection's plan to another.
+_KEY_FUZZ = dict(
+    policies=st.lists(st.tuples(st.sampled_from(["ALLOW", "DENY"]),
+                                st.sampled_from(sorted(SCOPES)),
+                                st.lists(_identity_rules, min_size=1, max_size=2)),
+                      min_size=1, max_size=2),
+    shapes=st.lists(st.tuples(st.sampled_from(["GET", "POST"]), st.sampled_from(BASE_PATHS),
+                              st.sampled_from(HOSTS), st.just((None, None))),
+                    min_size=1, max_size=2),
+    examples=int(os.environ.get("LW_LANE_FUZZ_EXAMPLES", "80")))
 
 
 def test_fuzz_policies_and_requests_by_host(pki, plain_pair):
@@ -859,3 +916,13 @@ def test_weighted_draws_never_reach_a_destination_whose_workload_policy_denies(p
                 assert abs(to_v2 - n / 2) <= binomial_bound(n, 0.5, 1e-6), (side, to_v2)
         finally:
             clients.close()
+
+
+def test_fuzz_the_per_connection_key_by_host(pki, plain_pair):
+    seen = _fuzz(plain_pair, pki[1], **_KEY_FUZZ)
+    assert seen.get(200, 0) >= 30 and seen.get(403, 0) >= 30, seen
+
+
+def test_fuzz_the_per_connection_key_through_the_node_tunnel(pki, tunnel_pair):
+    seen = _fuzz(tunnel_pair, pki[1], **_KEY_FUZZ)
+    assert seen.get(200, 0) >= 30 and seen.get(403, 0) >= 30, seen
