@@ -167,7 +167,10 @@ class RequestReader:
             if len(self._headers) + len(self._trailers) > self.max_headers:
                 raise ProtocolError(431, "headers_too_large")
             return
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        # trailing whitespace is not part of a field value (RFC 9110 §5.5; llhttp keeps it):
+        # `Host: web.demo ` must be matched by authorization as `web.demo`, as Envoy does
+        self._headers.append((name.decode("latin-1").lower(),
+                              value.rstrip(b" \t").decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -30,8 +30,8 @@ answered by the lane-on waypoint, and that both answer every request with the sa
 - focused probes of what the key might miss (principals, separators in a principal, a
   header only a policy reads, a route-read header choosing a destination whose workload
   denies, a snapshot turning a kept-alive connection's plan into a denial, the port from
-  the Host vs from the tunnel target), and two strict xfails for the Python path itself
-  (trailing whitespace in the Host / a header value escapes a DENY on it);
+  the Host vs from the tunnel target), and trailing whitespace in the Host / a header value
+  not escaping a DENY on it (both paths trim it, RFC 9110 §5.5);
 - weighted routes: a destination whose workload policy denies the principal is never sent
   that principal's request by either side (100/0, 0/100 exact; 50/50 within an exact
   binomial bound).
@@ -812,10 +812,6 @@ def test_the_port_from_the_host(pki, plain_pair):
     assert got == [200, 403, 200, 403, 200, 403]
 
 
-@pytest.mark.xfail(strict=True, reason="the Python path itself: a Host value's trailing "
-                   "whitespace is kept (http1 and the lane's scanner), so `hosts` no longer "
-                   "matches it through the tunnel (Envoy strips it, RFC 9110 §5.5) — both "
-                   "paths agree, so this is no lane bypass; see the h12 report")
 def test_trailing_whitespace_in_the_host_does_not_escape_a_host_deny(pki, tunnel_pair):
     server, contexts = pki
     tunnel_pair.update(_config(_policy("no-web-host", "DENY", [
@@ -826,10 +822,6 @@ def test_trailing_whitespace_in_the_host_does_not_escape_a_host_deny(pki, tunnel
     assert got == [403, 403]
 
 
-@pytest.mark.xfail(strict=True, reason="the Python path itself: a field value's trailing "
-                   "whitespace is kept, so a `request.headers[...]` DENY does not match "
-                   "`shut ` (Envoy strips it, RFC 9110 §5.5) — no plan either way, so this "
-                   "is no lane bypass; see the h12 report")
 def test_trailing_whitespace_in_a_header_does_not_escape_a_header_deny(pki, plain_pair):
     server, contexts = pki
     plain_pair.update(_config(_policy("no-shut", "DENY", [

@@ -238,7 +238,10 @@ cdef Py_ssize_t scan_request(const unsigned char *p, Py_ssize_t n, Py_ssize_t ma
         h.hn0[nh] = ls
         h.hn1[nh] = k
         h.hv0[nh] = vs
-        h.hv1[nh] = j
+        v = j
+        while v > vs and (p[v - 1] == 32 or p[v - 1] == 9):
+            v -= 1                          # trailing whitespace is not part of a value
+        h.hv1[nh] = v
         fields += (k - ls) + (j - vs) + 4
         nh += 1
         j += 2
