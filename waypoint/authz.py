@@ -116,6 +116,8 @@ def _source_matches(s: AuthzSource, r: RequestAttributes) -> bool:
 
 def _host_match(patterns: tuple[str, ...], r: RequestAttributes) -> bool:
     host, bare = r.host.lower(), r.host_without_port.lower()
+    if len(bare) > 1 and bare.endswith("."):    # `web.demo.` is the same name as `web.demo`
+        host, bare = bare[:-1] + host[len(bare):], bare[:-1]
     for p in patterns:
         p = p.lower()
         with_port = ":" in p and p.rsplit(":", 1)[1].isdigit()

@@ -116,3 +116,16 @@ def normalize_target(raw: str) -> Target:
         slash = rest.find("/")
         path = rest[slash:] if slash >= 0 else "/"
     return Target(normalize_path(path), query)
+
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: Host = uri-host [ ":" port ]; uri-host = IP-literal /
+# IPv4address / reg-name (unreserved, pct-encoded, sub-delims). An IP-literal holds an IPv6
+# address (hex digits, ':' and a dotted IPv4 tail); IPvFuture is not accepted.
+_AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+
+
+def valid_authority(authority: str) -> bool:
+    """Whether a Host (or `:authority`) value is well formed. A server must answer 400 to one
+    that is not (RFC 9112 §3.2): `web.demo:80:80` or `[web.demo]:80` would otherwise reach
+    policy as a host that no `hosts` rule names."""
+    return _AUTHORITY.fullmatch(authority) is not None

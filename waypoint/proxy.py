@@ -43,7 +43,7 @@ from waypoint import http1, http2, retry
 from waypoint.balancer import Balancer
 from waypoint.config import Cluster, Host, WaypointConfig, fqdn
 from waypoint.outlier import OutlierDetector, OutlierSettings
-from waypoint.paths import BadTarget, Target, normalize_target
+from waypoint.paths import BadTarget, Target, normalize_target, valid_authority
 from waypoint.pool import PoolCounters, PoolLimits
 from waypoint.ratelimit import TokenBucket
 from waypoint.router import RequestView, apply_header_ops, pick_weighted, select_route
@@ -1168,6 +1168,8 @@ class Waypoint:
             if len(self._targets) >= 10000:
                 self._targets.clear()
             self._targets[rq.target] = target
+        if rq.authority not in self._authorities and not valid_authority(rq.authority):
+            return None, None, self._local(400, "-", body=b"bad request: invalid host")
         if rq.service_target is not None:   # the node tunnel said which Service was called
             svc = cfg.snapshot.services.get(rq.service_target[0])
             port = rq.service_target[1]

@@ -822,6 +822,26 @@ def test_trailing_whitespace_in_the_host_does_not_escape_a_host_deny(pki, tunnel
     assert got == [403, 403]
 
 
+@pytest.mark.parametrize("host, status", [
+    ("web.demo:80:80", 400),        # not a Host (RFC 9112 §3.2: 400), not a host to match
+    ("[web.demo]:80", 400),         # an IP-literal holds an IPv6 address
+    ("web.demo/x", 400),
+    ("web.demo.", 403),             # the same name, fully qualified
+    ("WEB.Demo.:80", 403),
+])
+def test_odd_host_forms_do_not_escape_a_host_deny(pki, tunnel_pair, host, status):
+    """Through the tunnel (the Service comes from the tunnel target, not the Host), a Host
+    that is malformed is refused with 400 and a trailing dot is matched as the same name;
+    before, each of these reached the Service past a `hosts` DENY on both paths."""
+    server, contexts = pki
+    tunnel_pair.update(_config(_policy("no-web-host", "DENY", [
+        {"to": [{"operation": {"hosts": ["web.demo"]}}]}])))
+    got = statuses(tunnel_pair, contexts, [
+        (0, Who("alice"), request("GET", "/x", "web.demo")),
+        (1, Who("alice"), request("GET", "/x", host))])
+    assert got == [403, status]
+
+
 def test_trailing_whitespace_in_a_header_does_not_escape_a_header_deny(pki, plain_pair):
     server, contexts = pki
     plain_pair.update(_config(_policy("no-shut", "DENY", [

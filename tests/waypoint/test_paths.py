@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from waypoint.paths import BadTarget, normalize_path, normalize_target
+from waypoint.paths import BadTarget, normalize_path, normalize_target, valid_authority
 
 
 @pytest.mark.parametrize("raw,path,query", [
@@ -53,3 +53,17 @@ def test_normal_form_is_stable_and_clean(segments):
     assert "//" not in path and "\\" not in path
     assert "%2F" not in path.upper() and "%5C" not in path.upper()
     assert "/./" not in path + "/" and "/../" not in path + "/"
+
+
+@pytest.mark.parametrize("authority", ["web.demo", "web.demo:8080", "WEB.Demo", "web.demo.",
+                                       "10.0.0.1:80", "[::1]", "[2001:db8::1]:443",
+                                       "[::ffff:10.0.0.1]:80", "a-b_c~d%41", "web.demo:"])
+def test_well_formed_hosts_are_accepted(authority):
+    assert valid_authority(authority)
+
+
+@pytest.mark.parametrize("authority", ["web.demo:80:80", "[web.demo]:80", "[::1", "web demo",
+                                       "web.demo\t", "web.demo/x", "user@web.demo",
+                                       "web.demo:8o", "web.demo#x"])
+def test_malformed_hosts_are_refused(authority):
+    assert not valid_authority(authority)

@@ -34,7 +34,7 @@ import time
 from waypoint import authz as authz_mod
 from waypoint import http1, retry
 from waypoint.fastlane import native
-from waypoint.paths import BadTarget, normalize_target
+from waypoint.paths import BadTarget, normalize_target, valid_authority
 from waypoint.router import apply_header_ops, drawable
 from waypoint.telemetry import TRACE_HEADERS, LightSpan, Tracing
 
@@ -123,6 +123,8 @@ class Glue:
         try:
             target = normalize_target(raw_target)
         except BadTarget:
+            return None
+        if not valid_authority(authority):   # Python answers 400
             return None
         headers = dict(header_list)
         if service_target is not None:
