@@ -22,7 +22,14 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from control.config.model import AuthorizationPolicy, AuthzSource, Condition, Operation, Rule
+from control.config.model import (
+    AuthorizationPolicy,
+    AuthzSource,
+    Condition,
+    Operation,
+    Rule,
+    qualified_service_account,
+)
 from waypoint.matching import any_match
 
 DENY_BODY = b"RBAC: access denied"
@@ -47,6 +54,12 @@ class RequestAttributes:
             return parts[parts.index("ns") + 1]
         except (ValueError, IndexError):
             return None
+
+    @property
+    def service_account(self) -> str | None:
+        """`namespace/name` of the principal's service account, or None."""
+        ns = self.source_namespace
+        return f"{ns}/{self.principal.rsplit('/', 1)[-1]}" if self.principal and ns else None
 
     @property
     def host_without_port(self) -> str:
@@ -95,17 +108,17 @@ def _in_blocks(blocks: tuple[str, ...], ip: str | None) -> bool:
     return False
 
 
-def _source_matches(s: AuthzSource, r: RequestAttributes) -> bool:
+def _source_matches(s: AuthzSource, r: RequestAttributes, namespace: str | None = None
+                    ) -> bool:
     if not _field(s.principals, s.not_principals, r.principal):
         return False
     if not _field(s.namespaces, s.not_namespaces, r.source_namespace):
         return False
     if s.service_accounts or s.not_service_accounts:
-        sa = None
-        ns = r.source_namespace
-        if r.principal and ns:
-            sa = f"{ns}/{r.principal.rsplit('/', 1)[-1]}"
-        if not _field(s.service_accounts, s.not_service_accounts, sa):
+        sa = r.service_account
+        if not _field(tuple(qualified_service_account(v, namespace) for v in s.service_accounts),
+                      tuple(qualified_service_account(v, namespace)
+                            for v in s.not_service_accounts), sa):
             return False
     if s.ip_blocks and not _in_blocks(s.ip_blocks, r.source_ip):
         return False
@@ -149,16 +162,22 @@ def _condition_value(key: str, r: RequestAttributes) -> object:
     return {
         "source.principal": r.principal,
         "source.namespace": r.source_namespace,
+        "source.serviceAccount": r.service_account,
         "source.ip": r.source_ip,
         "remote.ip": r.source_ip,
         "destination.port": str(r.port),
     }.get(key, _UNKNOWN)
 
 
-def _condition_matches(c: Condition, r: RequestAttributes, *, deny: bool) -> bool:
+def _condition_matches(c: Condition, r: RequestAttributes, *, deny: bool,
+                       namespace: str | None = None) -> bool:
     value = _condition_value(c.key, r)
     if value is _UNKNOWN:
         return deny  # fail closed
+    if c.key == "source.serviceAccount":
+        return _field(tuple(qualified_service_account(v, namespace) for v in c.values),
+                      tuple(qualified_service_account(v, namespace) for v in c.not_values),
+                      value)  # type: ignore[arg-type]
     if c.key in ("source.ip", "remote.ip"):
         if c.values and not _in_blocks(c.values, value):  # type: ignore[arg-type]
             return False
@@ -166,19 +185,22 @@ def _condition_matches(c: Condition, r: RequestAttributes, *, deny: bool) -> boo
     return _field(c.values, c.not_values, value)  # type: ignore[arg-type]
 
 
-def rule_matches(rule: Rule, r: RequestAttributes, *, deny: bool = False) -> bool:
-    if rule.from_ and not any(f.source is None or _source_matches(f.source, r)
+def rule_matches(rule: Rule, r: RequestAttributes, *, deny: bool = False,
+                 namespace: str | None = None) -> bool:
+    """`namespace`: the policy's, for service accounts named without one."""
+    if rule.from_ and not any(f.source is None or _source_matches(f.source, r, namespace)
                               for f in rule.from_):
         return False
     if rule.to and not any(t.operation is None or _operation_matches(t.operation, r)
                            for t in rule.to):
         return False
-    return all(_condition_matches(c, r, deny=deny) for c in rule.when)
+    return all(_condition_matches(c, r, deny=deny, namespace=namespace) for c in rule.when)
 
 
 def policy_matches(policy: AuthorizationPolicy, r: RequestAttributes) -> bool:
     deny = (policy.spec.action or "ALLOW") == "DENY"
-    return any(rule_matches(rule, r, deny=deny) for rule in policy.spec.rules)
+    return any(rule_matches(rule, r, deny=deny, namespace=policy.namespace)
+               for rule in policy.spec.rules)
 
 
 def evaluate(policies: tuple[AuthorizationPolicy, ...] | list[AuthorizationPolicy],

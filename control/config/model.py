@@ -361,6 +361,12 @@ class PeerAuthentication(Resource):
 # --- security.istio.io AuthorizationPolicy ------------------------------------------------------
 
 
+def qualified_service_account(value: str, namespace: str | None) -> str:
+    """A `serviceAccounts` / `source.serviceAccount` value as `namespace/name`: one given
+    without a namespace names a service account of the policy's own namespace."""
+    return value if "/" in value or namespace is None else f"{namespace}/{value}"
+
+
 @dataclass(frozen=True)
 class AuthzSource:
     principals: tuple[str, ...] = ()

@@ -27,11 +27,18 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from control.config.model import AuthorizationPolicy, AuthzSource, Condition, Operation, Rule
+from control.config.model import (
+    AuthorizationPolicy,
+    AuthzSource,
+    Condition,
+    Operation,
+    Rule,
+    qualified_service_account,
+)
 
 ROOT_NAMESPACE = "istio-system"
 L4_WHEN_KEYS = frozenset({"source.ip", "remote.ip", "source.namespace", "source.principal",
-                          "destination.ip", "destination.port"})
+                          "source.serviceAccount", "destination.ip", "destination.port"})
 
 
 @dataclass(frozen=True)
@@ -110,12 +117,14 @@ def _field(values: tuple[str, ...], not_values: tuple[str, ...], test) -> bool:
     return not (not_values and any(test(v) for v in not_values))
 
 
-def source_matches(src: AuthzSource, peer: Peer) -> bool:
+def source_matches(src: AuthzSource, peer: Peer, namespace: str | None = None) -> bool:
+    """`namespace`: the policy's, for service accounts named without one."""
     principal, ns, sa = peer.principal, peer.namespace, peer.service_account
     return (
         _field(src.principals, src.not_principals, lambda p: string_match(p, principal))
         and _field(src.namespaces, src.not_namespaces, lambda p: string_match(p, ns))
-        and _field(src.service_accounts, src.not_service_accounts, lambda p: string_match(p, sa))
+        and _field(src.service_accounts, src.not_service_accounts,
+                   lambda p: string_match(qualified_service_account(p, namespace), sa))
         and _field(src.ip_blocks, src.not_ip_blocks, lambda b: ip_match(b, peer.source_ip))
     )
 
@@ -125,7 +134,7 @@ def operation_matches(op: Operation, peer: Peer) -> bool:
     return _field(op.ports, op.not_ports, lambda p: _any_port((p,), peer.destination_port))
 
 
-def condition_matches(cond: Condition, peer: Peer) -> bool:
+def condition_matches(cond: Condition, peer: Peer, namespace: str | None = None) -> bool:
     key = cond.key
     if key in ("source.ip", "remote.ip"):
         test = lambda v: ip_match(v, peer.source_ip)  # noqa: E731
@@ -137,6 +146,8 @@ def condition_matches(cond: Condition, peer: Peer) -> bool:
         test = lambda v: string_match(v, peer.namespace)  # noqa: E731
     elif key == "source.principal":
         test = lambda v: string_match(v, peer.principal)  # noqa: E731
+    elif key == "source.serviceAccount":
+        test = lambda v: qualified_service_account(v, namespace) == peer.service_account  # noqa: E731
     else:  # pragma: no cover - L7 keys are stripped before matching
         return False
     return _field(cond.values, cond.not_values, test)
@@ -157,17 +168,19 @@ def policy_has_l7(policy: AuthorizationPolicy) -> bool:
     return any(rule_has_l7(r) for r in policy.spec.rules)
 
 
-def rule_matches(rule: Rule, peer: Peer, *, deny: bool) -> bool:
-    """Does `rule` match? L7 parts: dropped in DENY rules, make ALLOW rules never match."""
+def rule_matches(rule: Rule, peer: Peer, *, deny: bool, namespace: str | None = None) -> bool:
+    """Does `rule` match? L7 parts: dropped in DENY rules, make ALLOW rules never match.
+    `namespace`: the policy's, for service accounts named without one."""
     if rule_has_l7(rule) and not deny:
         return False
-    if rule.from_ and not any(f.source is None or source_matches(f.source, peer)
+    if rule.from_ and not any(f.source is None or source_matches(f.source, peer, namespace)
                               for f in rule.from_):
         return False
     if rule.to and not any(t.operation is None or operation_matches(t.operation, peer)
                            for t in rule.to):
         return False
-    return all(condition_matches(c, peer) for c in rule.when if c.key in L4_WHEN_KEYS)
+    return all(condition_matches(c, peer, namespace) for c in rule.when
+               if c.key in L4_WHEN_KEYS)
 
 
 # -------------------------------------------------------------------------- scope and decision
@@ -203,7 +216,7 @@ def decide(policies: Iterable[AuthorizationPolicy], *, namespace: str, labels: M
         if action == "AUDIT":
             continue
         if action == "DENY":
-            if any(rule_matches(r, peer, deny=True) for r in p.spec.rules):
+            if any(rule_matches(r, peer, deny=True, namespace=p.namespace) for r in p.spec.rules):
                 return AuthzDecision(False, f"deny: matched DENY policy {_name(p)}", _name(p))
         elif action == "ALLOW":
             allows.append(p)
@@ -213,7 +226,7 @@ def decide(policies: Iterable[AuthorizationPolicy], *, namespace: str, labels: M
     if not allows:
         return AuthzDecision(True, "allow: no ALLOW policy selects the workload")
     for p in allows:
-        if any(rule_matches(r, peer, deny=False) for r in p.spec.rules):
+        if any(rule_matches(r, peer, deny=False, namespace=p.namespace) for r in p.spec.rules):
             return AuthzDecision(True, f"allow: matched ALLOW policy {_name(p)}", _name(p))
     names = ",".join(_name(p) for p in allows)
     return AuthzDecision(False, f"deny: no rule of the ALLOW policies {names} matched")

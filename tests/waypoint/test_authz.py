@@ -186,3 +186,32 @@ def test_conditions_on_unknown_keys_fail_closed():
 
     assert not evaluate(pol("ALLOW"), req()).allowed
     assert not evaluate(pol("DENY"), req()).allowed
+
+
+def test_service_accounts_without_a_namespace_are_the_policys_own():
+    """`serviceAccounts: [alice]` in a policy of namespace demo names demo/alice: a DENY on
+    it denies demo's alice (it matched nobody before) and not an alice of another namespace;
+    `source.serviceAccount` conditions read the same way (they failed closed before)."""
+    deny = policies("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-alice, namespace: demo}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {serviceAccounts: ["alice"]}}]
+""")
+    assert not evaluate(deny, req("/x")).allowed
+    assert evaluate(deny, req("/x", principal="cluster.local/ns/other/sa/alice")).allowed
+    allow = policies("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: sa, namespace: demo}
+spec:
+  rules:
+  - when: [{key: source.serviceAccount, values: ["alice", "other/mallory"]}]
+""")
+    assert evaluate(allow, req("/x")).allowed
+    assert evaluate(allow, req("/x", principal=MALLORY)).allowed
+    assert not evaluate(allow, req("/x", principal="cluster.local/ns/other/sa/alice")).allowed
+    assert not evaluate(allow, req("/x", principal=None)).allowed

@@ -176,3 +176,27 @@ def test_any_allow_policy_matching_allows():
   rules: [{from: [{source: {namespaces: ["front"]}}]}]""", name="a2")
     assert decide([a1, a2], peer(WEB)).allowed
     assert not decide([a1, a2], peer("cluster.local/ns/ops/sa/x")).allowed
+
+
+def test_service_accounts_without_a_namespace_are_the_policys_own():
+    """`serviceAccounts: [api]` in a policy of namespace shop names shop/api (not an api of
+    any namespace, and not nothing): a DENY on it must deny shop's api and nobody else."""
+    deny = pol("""
+  action: DENY
+  rules: [{from: [{source: {serviceAccounts: ["api"]}}]}]""")
+    assert not decide([deny], peer(API)).allowed
+    assert decide([deny], peer("cluster.local/ns/front/sa/api")).allowed
+    allow = pol("""
+  action: ALLOW
+  rules: [{from: [{source: {serviceAccounts: ["front/web", "api"]}}]}]""")
+    assert decide([allow], peer(API)).allowed and decide([allow], peer(WEB)).allowed
+    assert not decide([allow], peer("cluster.local/ns/front/sa/api")).allowed
+
+
+def test_when_source_service_account():
+    allow = pol("""
+  action: ALLOW
+  rules: [{when: [{key: source.serviceAccount, values: ["api", "front/web"]}]}]""")
+    assert decide([allow], peer(API)).allowed and decide([allow], peer(WEB)).allowed
+    assert not decide([allow], peer("cluster.local/ns/other/sa/api")).allowed
+    assert not decide([allow], peer(None)).allowed

@@ -338,7 +338,8 @@ class Glue:
 # What a policy may read for its decision to be the plan's: the principal (and the
 # namespace and service account in it), method, normalized path, Host, and the Service's port
 # — all in the plan key. Source IPs and request headers are not.
-_KEY_CONDITIONS = frozenset({"source.principal", "source.namespace", "destination.port"})
+_KEY_CONDITIONS = frozenset({"source.principal", "source.namespace", "source.serviceAccount",
+                             "destination.port"})
 
 
 def _reads_only_the_key(policies) -> bool:
