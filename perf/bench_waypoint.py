@@ -18,7 +18,8 @@ alternate the variants (rotated order) and the medians are reported. `--profile 
 the first variant with py-spy for S seconds under the same load and prints where the time
 goes (leaf and inclusive). `--route weighted` makes the default route a 90/10 split between
 subsets v1 and v2 (two endpoints on the one nginx): canary traffic; `--route authz` adds
-an ALLOW AuthorizationPolicy (method and path) that the load passes. Results also go to
+an ALLOW AuthorizationPolicy (method and path) that the load passes. `--close` sends every
+request on a new connection, so the figure is the CPU per connection. Results also go to
 perf/results/bench_waypoint-<UTC time>.json.
 
     .venv/bin/python -m perf.bench_waypoint --variant before=HEAD~1 --variant after=. \
@@ -187,9 +188,11 @@ def start_proxy(v: Variant, work: Path, upstream: int, *, route: str = "default"
     return proc, port
 
 
-def wrk(port: int, *, duration: int, connections: int, threads: int) -> str:
+def wrk(port: int, *, duration: int, connections: int, threads: int,
+        close: bool = False) -> str:
+    """`close`: every request on a new connection (`Connection: close`)."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s",
-            f"http://{HOST}:{port}/"]
+            *(["-H", "Connection: close"] if close else []), f"http://{HOST}:{port}/"]
     return subprocess.run(argv, check=True, capture_output=True, text=True,
                           timeout=duration + 30).stdout
 
@@ -197,11 +200,12 @@ def wrk(port: int, *, duration: int, connections: int, threads: int) -> str:
 def measure(v: Variant, work: Path, upstream: int, args) -> dict:
     proc, port = start_proxy(v, work, upstream, route=args.route)
     try:
-        wrk(port, duration=1, connections=args.connections, threads=args.threads)  # warm up
+        wrk(port, duration=1, connections=args.connections, threads=args.threads,
+            close=args.close)  # warm up
         user0, sys0 = cpu_times(proc.pid)
         t0 = time.monotonic()
         out = wrk(port, duration=args.duration, connections=args.connections,
-                  threads=args.threads)
+                  threads=args.threads, close=args.close)
         wall = time.monotonic() - t0
         user1, sys1 = cpu_times(proc.pid)
         user, kernel = user1 - user0, sys1 - sys0
@@ -280,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=int, default=5, help="seconds of load per sample")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--close", action="store_true",
+                   help="every request on a new connection (wrk -H 'Connection: close'): "
+                   "the CPU per request is then the CPU per connection")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", type=int, default=0, metavar="S",
                    help="instead of measuring: py-spy the first variant for S seconds")
@@ -347,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench_waypoint-{stamp}.json"
     out.write_text(json.dumps({"duration_s": args.duration, "route": args.route,
-                               "connections": args.connections,
+                               "connections": args.connections, "close": args.close,
                                "threads": args.threads, "variants": summary}, indent=1))
     print(f"results: {out}")
     return 0
