@@ -46,7 +46,13 @@ from waypoint.outlier import OutlierDetector, OutlierSettings
 from waypoint.paths import BadTarget, Target, normalize_target, valid_authority
 from waypoint.pool import PoolCounters, PoolLimits
 from waypoint.ratelimit import TokenBucket
-from waypoint.router import RequestView, apply_header_ops, pick_weighted, select_route
+from waypoint.router import (
+    NO_FAULT,
+    RequestView,
+    apply_header_ops,
+    pick_weighted,
+    select_route,
+)
 from waypoint.router import plan as make_plan
 from waypoint.stream_idle import StreamIdle
 from waypoint.streaming import HIGH_WATER_BYTES, RETRY_BUFFER_BYTES, Body
@@ -1215,23 +1221,19 @@ class Waypoint:
             if rq.resume.host is None:
                 rq.resume = None        # ... and made no try: `_forward` starts afresh
         if routes is None:
-            dest_svc, dest_port, subset = svc, port, ""
-            path, authority = target.path, rq.authority
-            req_ops = resp_ops = ()
-            timeout_s, policy, mirror, fault = None, retry.ISTIO_DEFAULT, None, None
-            cluster = cfg.cluster(dest_svc, dest_port, subset)
+            decided = self._direct_decision(svc, port, target)
         else:
             decided = self._route_decision(uid, port, routes, inputs, rq.method,
-                                           rq.authority, target, headers, drawn=drawn)[0]
+                                           rq.authority, target, headers, drawn=drawn)
             if isinstance(decided, Outgoing):
                 return svc, None, decided
-            (namespace, dest_svc, dest_port, subset, path, authority, req_ops, resp_ops,
-             timeout_s, policy, mirror, fault, cluster) = decided
-            authority = authority or rq.authority
-            if fault.delay_s:
-                await asyncio.sleep(fault.delay_s)
-            if fault.abort_status is not None:
-                return svc, None, self._local(fault.abort_status, "FI")
+        (namespace, dest_svc, dest_port, subset, path, authority, req_ops, resp_ops,
+         timeout_s, policy, mirror, fault, cluster) = decided
+        authority = authority or rq.authority
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault.abort_status is not None:
+            return svc, None, self._local(fault.abort_status, "FI")
         if cluster is None or not cluster.hosts:
             return svc, None, self._local(503, "UH")
         state = self.state_for(cluster)
@@ -1257,10 +1259,9 @@ class Waypoint:
 
     def _route_decision(self, uid: str, port: int, routes, inputs, method: str,
                         authority: str, target: Target, headers: dict, *, drawn=None
-                        ) -> tuple[tuple | Outgoing, bool]:
+                        ) -> tuple | Outgoing:
         """Route, plan and destination for a request of a Service with routes (the Python
-        pipeline): `(decided, deterministic)`, or `(Outgoing, False)` for a local answer
-        (404 NR, 503 UH). `drawn`: the (route, destination) the fast lane drew for this
+        pipeline), or an `Outgoing` local answer (404 NR, 503 UH). `drawn`: the (route, destination) the fast lane drew for this
         request before handing it back (`fastlane.plans.Resume.drawn`): taken instead of
         drawing again when that route is still the one selected.
 
@@ -1271,22 +1272,27 @@ class Waypoint:
                 tuple(map(headers.get, names)) if names else ())
         decided = self._decisions.get(rkey)
         if decided is not None:
-            return decided, True
+            return decided
         selected = self._select_route(routes, method, authority, target, headers)
         if selected is None:
-            return self._local(404, "NR"), False
+            return self._local(404, "NR")
         route, match, view = selected
         dest = drawn[1] if drawn is not None and drawn[0] is route else \
             pick_weighted(route, self.rng)
         decided = self._destination_decision(uid, port, route, match, view, dest)
         if isinstance(decided, Outgoing):
-            return decided, False
-        deterministic = len(route.route) == 1 and route.fault is None and route.mirror is None
-        if deterministic:
-            if len(self._decisions) >= 10000:
+            return decided
+        if len(route.route) == 1 and route.fault is None and route.mirror is None:
+            if len(self._decisions) >= 10000:      # nothing drawn: the same for these inputs
                 self._decisions.clear()
             self._decisions[rkey] = decided
-        return decided, deterministic
+        return decided
+
+    def _direct_decision(self, svc: Service, port: int, target: Target) -> tuple:
+        """The decision for a Service without routes, shaped as `_destination_decision`'s:
+        the Service itself, no rewrite, no header operations, Istio's default retries."""
+        return (svc.namespace, svc, port, "", target.path, None, (), (), None,
+                retry.ISTIO_DEFAULT, None, NO_FAULT, self.config.cluster(svc, port, ""))
 
     @staticmethod
     def _select_route(routes, method: str, authority: str, target: Target, headers: dict):

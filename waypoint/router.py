@@ -78,10 +78,11 @@ def select_route(routes: tuple[HTTPRoute, ...], r: RequestView
 
 
 def drawable(route: HTTPRoute) -> list[tuple[object, float]]:
-    """The destinations `pick_weighted` can return, with the weights it draws them by:
-    one (weight 1.0) when it draws no number (a single destination, or all weights 0 or
-    unset), else every destination of weight > 0 — so that a draw x in [0, total) taken
-    over these in order picks exactly what `pick_weighted` picks for the same x."""
+    """The destinations a request of `route` can be sent to, with the weights they are drawn
+    by: one (weight 1.0) when nothing is drawn (a single destination, or all weights 0 or
+    unset), else every destination of weight > 0, in order. `pick_weighted` draws over this
+    list, and the fast lane (`fastlane/plans.py`) makes one plan per entry and draws the same
+    way natively."""
     dests = route.route
     total = sum(d.weight or 0 for d in dests)
     if len(dests) == 1 or total <= 0:
@@ -90,18 +91,17 @@ def drawable(route: HTTPRoute) -> list[tuple[object, float]]:
 
 
 def pick_weighted(route: HTTPRoute, rng: random.Random):
-    dests = route.route
-    if len(dests) == 1:
-        return dests[0]
-    total = sum(d.weight or 0 for d in dests)
-    if total <= 0:
-        return dests[0]
-    x = rng.random() * total
-    for d in dests:
-        x -= d.weight or 0
+    """Envoy's weighted clusters: x uniform in [0, total), the first destination whose
+    running weight passes it."""
+    choices = drawable(route)
+    if len(choices) == 1:
+        return choices[0][0]
+    x = rng.random() * sum(w for _, w in choices)
+    for d, w in choices:
+        x -= w
         if x < 0:
             return d
-    return dests[-1]
+    return choices[-1][0]
 
 
 def rewrite_path(route: HTTPRoute, match: HTTPMatchRequest | None, path: str) -> str:

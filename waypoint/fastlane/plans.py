@@ -144,9 +144,8 @@ class Glue:
         if policies and not _allows(policies, attrs):
             return None
         if routes is None:
-            return self._plan(method, authority, target, principal, svc, (
-                None, svc, port, "", target.path, None, (), (), None, retry.ISTIO_DEFAULT,
-                None, None, cfg.cluster(svc, port, "")), None, attrs)
+            return self._plan(method, authority, target, principal, svc,
+                              wp._direct_decision(svc, port, target), None, attrs)
         selected = wp._select_route(routes, method, authority, target, headers)
         if selected is None:
             return None
@@ -181,8 +180,7 @@ class Glue:
         cfg = wp.config
         (_, _, _, _, path, rewritten, req_ops, resp_ops, timeout_s, policy, mirror, fault,
          cluster) = decided
-        if mirror is not None or (fault is not None and (
-                fault.delay_s or fault.abort_status is not None)):
+        if mirror is not None or fault.delay_s or fault.abort_status is not None:
             return None
         if cluster is None or not cluster.hosts or cluster.h2:
             return None
