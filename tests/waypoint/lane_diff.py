@@ -637,6 +637,7 @@ class Pair:
                  script_factory2: Callable[[], Script] | None = None,
                  **server_options) -> None:
         self.sides: list[Side] = []
+        self.services = services
         try:
             for lane in (True, False):
                 up = Upstream(script_factory())
@@ -656,6 +657,14 @@ class Pair:
         except BaseException:
             self.close()
             raise
+
+    def update(self, config: str, *, version: str) -> None:
+        """A new snapshot (same Services and upstreams, `config` instead) for both sides."""
+        for side in self.sides:
+            ports = {role: int(addr.split(":")[1]) for addr, role in side.roles.items()}
+            side.wp.update(make_snapshot(
+                _services(self.services, ports["UP"], ports["DEAD"], ports["UP2"]), config,
+                version=version))
 
     @property
     def lane(self) -> Side:

@@ -15,8 +15,7 @@ import tempfile
 
 import pytest
 
-from tests.waypoint.conftest import make_snapshot
-from tests.waypoint.lane_diff import Pair, _services, diff, web
+from tests.waypoint.lane_diff import Pair, diff, web
 from waypoint import fastlane
 
 pytestmark = pytest.mark.skipif(fastlane.native is None, reason="fast lane not built")
@@ -210,17 +209,11 @@ spec:
   - from: [{{source: {{principals: ["{ALICE}"]}}}}]
 """
 
-    def update(p: Pair, config: str, version: str) -> None:
-        for side in p.sides:
-            ports = {role: int(addr.split(":")[1]) for addr, role in side.roles.items()}
-            side.wp.update(make_snapshot(_services(SERVICES, ports["UP"], ports["DEAD"],
-                                                   ports["UP2"]), config, version=version))
-
     with Pair(SERVICES, POLICIES, ssl_context=server) as p:
         p.run([rq("/public/x") * 2], ["GET"] * 2, context=clients["alice"])
-        update(p, deny_alice, "2")
+        p.update(deny_alice, version="2")
         p.run([rq("/public/x") * 2], ["GET"] * 2, context=clients["alice"])
-        update(p, POLICIES, "3")
+        p.update(POLICIES, version="3")
         p.run([rq("/public/x")], ["GET"], context=clients["alice"])
         # (the denied pair: the lane hands over the first; Python, holding the second
         # already, answers it too)

@@ -29,13 +29,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.waypoint.conftest import make_snapshot
 from tests.waypoint.lane_diff import (
     DEAD,
     UP2,
     Act,
     Pair,
-    _services,
     by_header,
     diff,
     reply,
@@ -532,11 +530,7 @@ spec:
     with Pair([web()], vs % ("one", "one"), lambda: by_header({"slow": slow})) as p:
         def update() -> None:
             time.sleep(0.25)
-            for side in p.sides:
-                ports = {role: int(addr.split(":")[1]) for addr, role in side.roles.items()}
-                side.wp.update(make_snapshot(
-                    _services([web()], ports["UP"], ports["DEAD"], ports["UP2"]),
-                    vs % ("two", "two"), version="2"))
+            p.update(vs % ("two", "two"), version="2")
         t = threading.Thread(target=update)
         t.start()
         p.run([rq("GET /a HTTP/1.1", "x-resp: slow"), rq("GET /b HTTP/1.1")], ["GET", "GET"],
@@ -559,10 +553,7 @@ spec:
 """
     with Pair([web()], vs % ("one", "one")) as p:
         p.run([rq("GET /a HTTP/1.1")], ["GET"])
-        for side in p.sides:
-            ports = {role: int(addr.split(":")[1]) for addr, role in side.roles.items()}
-            side.wp.update(make_snapshot(_services([web()], ports["UP"], ports["DEAD"]),
-                                         vs % ("two", "two"), version="2"))
+        p.update(vs % ("two", "two"), version="2")
         p.run([rq("GET /a HTTP/1.1")], ["GET"])
         seen = same(p, answered=2)
         assert "x-r: two" in seen["client"][1][0]
