@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --variant wants NAME=REV, got {spec!r}", file=sys.stderr)
             return 2
         variants.append(Variant(name, rev))
+    if args.route != "default" and any(v.rev == "haproxy" for v in variants):
+        print(f"note: the haproxy variant does its default routing, not --route {args.route}: "
+              "its figure is a reference, not like for like", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="bench-waypoint-"))
     nginx = None
     try:

@@ -40,7 +40,7 @@ SO_COOKIE = 57
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_SOCKHASH = 1, 18
 BPF_SK_SKB_STREAM_VERDICT = 5
 MAX = 65536
-PINS = ("socks", "targets", "peers", "prog")
+PINS = ("socks", "targets", "peers", "prog")   # as `Splicer` takes the maps, then the program
 
 VERDICT_C = r"""
 #include <uapi/linux/bpf.h>
@@ -89,7 +89,7 @@ def load(pin_dir: str) -> dict:
     b = BPF(text=VERDICT_C.encode(), cflags=[f"-DPEERS_FD={peers}", f"-DTARGETS_FD={targets}"])
     fn = b.load_func(b"lw_splice", BPF.SK_SKB)
     prog_attach(target_fd=socks, prog_fd=fn.fd, attach_type=BPF_SK_SKB_STREAM_VERDICT)
-    for name, fd in (("socks", socks), ("targets", targets), ("peers", peers), ("prog", fn.fd)):
+    for name, fd in zip(PINS, (socks, targets, peers, fn.fd), strict=True):
         path = os.path.join(pin_dir, name)
         if os.path.exists(path):
             os.unlink(path)
@@ -120,8 +120,7 @@ class Splicer:
 
     @classmethod
     def open(cls, pin_dir: str) -> Splicer:
-        return cls(*(Map(obj_get(os.path.join(pin_dir, name)))
-                     for name in ("socks", "targets", "peers")))
+        return cls(*(Map(obj_get(os.path.join(pin_dir, name))) for name in PINS[:3]))
 
     def pair(self, a, b) -> tuple[int, int]:
         """Splice a and b (both connected, not read by user space from now on). The order
